@@ -1,0 +1,33 @@
+"""Embedding networks: `build_model(cfg)` gives a backbone + pooling + embedding head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from architectures.backbones import SPECIAL_BACKBONES, build_trunk, input_spec_for
+from architectures.embedding import EmbeddingModel, InputSpec, pool_feature_map
+
+__all__ = [
+    "EmbeddingModel",
+    "InputSpec",
+    "SPECIAL_BACKBONES",
+    "build_model",
+    "input_spec_for",
+    "pool_feature_map",
+]
+
+
+def build_model(cfg: Any) -> EmbeddingModel:
+    """The embedding network of a configuration (`arch`, `pretrained`, `pretrained_path`, `pooling`,
+    `embed_dim`, `embed_norm`, `frozen_bn`)."""
+    trunk = build_trunk(cfg.arch, cfg.pretrained, cfg.pretrained_path)
+    return EmbeddingModel(
+        trunk.module,
+        trunk.num_features,
+        trunk.input_spec,
+        embed_dim=cfg.embed_dim,
+        pooling=cfg.pooling,
+        embed_norm=cfg.embed_norm,
+        frozen_bn=cfg.frozen_bn,
+        token_pool=trunk.token_pool,
+    )

@@ -1,0 +1,159 @@
+"""Backbone trunks: any timm model, and BN-Inception through pretrainedmodels.
+
+Pretrained weights are data: `pretrained: true` loads them through timm's hub cache (a download on first
+use), `pretrained_path: FILE` loads a local file and never touches the network. Without a network and
+without a cached or local file, the failure is a `UserError` that says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from architectures.embedding import InputSpec
+from utilities.errors import UserError
+
+IMAGENET_SPEC = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The Caffe-ported BN-Inception expects BGR pixels in 0..255 minus the mean: (x - mean) / (1/255).
+BNINCEPTION_SPEC = InputSpec((0.502, 0.4588, 0.4078), (0.0039, 0.0039, 0.0039), bgr=True)
+BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
+
+
+@dataclass
+class Trunk:
+    """A backbone without its classifier: module, pooled feature width, input normalisation."""
+
+    module: nn.Module
+    num_features: int
+    input_spec: InputSpec
+    token_pool: bool = False
+
+
+def _weights_help(name: str) -> str:
+    return (
+        f"could not load pretrained weights for '{name}' (no network and no cached copy?): "
+        "download them once, set pretrained_path: FILE to a local weights file, or set pretrained: false"
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"pretrained_path: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained_path: {path} does not hold a state dict")
+    return state
+
+
+def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
+    """Load backbone weights, ignoring the ImageNet classifier; any other mismatch is an error."""
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in usable]
+    if missing:
+        raise UserError(
+            f"pretrained_path: {path} does not fit backbone '{name}' "
+            f"({len(missing)} missing tensors, e.g. {missing[0]})"
+        )
+    for key, value in usable.items():
+        if own[key].shape != value.shape:
+            raise UserError(
+                f"pretrained_path: {path}: tensor {key} has shape {tuple(value.shape)}, expected "
+                f"{tuple(own[key].shape)} for '{name}'"
+            )
+    module.load_state_dict(usable, strict=True)
+
+
+def timm_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UserError(f"key 'arch': unknown backbone '{name}'{hint}")
+    try:
+        module = timm.create_model(name, pretrained=pretrained and not pretrained_path, num_classes=0)
+    except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
+        if pretrained and not pretrained_path:
+            raise UserError(_weights_help(name)) from exc
+        raise
+    if pretrained and pretrained_path:
+        _load_trunk_weights(module, _read_state_dict(Path(pretrained_path)), name, Path(pretrained_path))
+    cfg = module.pretrained_cfg
+    spec = InputSpec(tuple(cfg.get("mean", IMAGENET_SPEC.mean)), tuple(cfg.get("std", IMAGENET_SPEC.std)))
+    token_pool = not hasattr(module, "global_pool") or not isinstance(getattr(module, "global_pool", None), nn.Module)
+    return Trunk(module, module.num_features, spec, token_pool=_is_token_model(module) or token_pool)
+
+
+def _is_token_model(module: nn.Module) -> bool:
+    """True for transformer-style backbones whose forward_features returns tokens, not a B×C×H×W map."""
+    with torch.no_grad():
+        was_training = module.training
+        module.eval()
+        size = module.pretrained_cfg.get("input_size", (3, 224, 224))
+        out = module.forward_features(torch.zeros(1, *size))
+        module.train(was_training)
+    return out.dim() != 4
+
+
+class _BNInceptionTrunk(nn.Module):
+    """pretrainedmodels' BN-Inception exposing the timm-style `forward_features`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.features(images)
+
+
+def bninception_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
+    import pretrainedmodels
+
+    model = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
+    if pretrained:
+        if pretrained_path:
+            state = _read_state_dict(Path(pretrained_path))
+        else:
+            try:
+                state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu")
+            except Exception as exc:  # noqa: BLE001
+                raise UserError(_weights_help(name)) from exc
+        _load_trunk_weights(model, state, name, Path(pretrained_path or BNINCEPTION_URL))
+    model.last_linear = nn.Identity()
+    return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION_SPEC)
+
+
+# Backbones that are not timm models; every other name is looked up in timm.
+SPECIAL_BACKBONES = {"bninception": bninception_trunk}
+
+
+def input_spec_for(name: str) -> InputSpec:
+    """The input normalisation a backbone expects, known without building it."""
+    if name == "bninception":
+        return BNINCEPTION_SPEC
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None:
+        return IMAGENET_SPEC
+    return InputSpec(tuple(cfg.mean or IMAGENET_SPEC.mean), tuple(cfg.std or IMAGENET_SPEC.std))
+
+
+def build_trunk(name: str, pretrained: bool, pretrained_path: str = "") -> Trunk:
+    builder = SPECIAL_BACKBONES.get(name, timm_trunk)
+    return builder(name, pretrained, pretrained_path)

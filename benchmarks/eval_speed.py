@@ -1,0 +1,134 @@
+"""Evaluation speed on a Stanford-Online-Products-sized synthetic set: eval.py against pml.
+
+    python benchmarks/eval_speed.py [--output FILE.json] [--items 60502] [--classes 11316] [--skip_pml]
+
+Builds 60,502 x 512 L2-normalised embeddings of 11,316 classes (SOP test split: 2-12 images per class,
+mean ~5.3; deterministic seed), class centres plus noise tuned so recall@1 is ~0.7, then measures in
+subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
+
+* ``python eval.py --embeddings FILE --evaluation_metrics recall@1 r_precision map@r``
+* pytorch-metric-learning's AccuracyCalculator for the same three metrics (k="max_bin_count")
+* ``eval.py`` with the full suite (recall@1/10/100/1000, map@r, map@r_legacy, map@1000, nmi, f1)
+
+and prints a markdown table (values of both implementations side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+THREE = ["recall@1", "r_precision", "map@r"]
+FULL_SUITE = ["recall@1", "recall@10", "recall@100", "recall@1000", "map@r", "map@r_legacy", "map@1000", "nmi", "f1"]
+
+PML_SCRIPT = """
+import json, sys, numpy as np, torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+data = np.load(sys.argv[1])
+calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                          k="max_bin_count", device=torch.device("cpu"))
+res = calc.get_accuracy(torch.from_numpy(data["embeddings"]), torch.from_numpy(data["labels"]))
+print(json.dumps({"recall@1": res["precision_at_1"], "r_precision": res["r_precision"],
+                  "map@r": res["mean_average_precision_at_r"]}))
+"""
+
+
+def sop_like_class_sizes(num_items: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Class sizes in 2..12 from a decaying distribution (SOP-like), adjusted to sum to ``num_items``."""
+    sizes = np.arange(2, 13)
+    weights = np.exp(-0.27 * sizes)
+    drawn = rng.choice(sizes, size=num_classes, p=weights / weights.sum())
+    while drawn.sum() != num_items:
+        i = rng.integers(num_classes)
+        if drawn.sum() < num_items and drawn[i] < 12:
+            drawn[i] += 1
+        elif drawn.sum() > num_items and drawn[i] > 2:
+            drawn[i] -= 1
+    return drawn
+
+
+def synthetic_embeddings(
+    num_items: int = 60502, num_classes: int = 11316, dim: int = 512, noise: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised class centre + Gaussian noise (per-dimension std noise/sqrt(dim)), int64 labels."""
+    rng = np.random.default_rng(seed)
+    sizes = sop_like_class_sizes(num_items, num_classes, rng)
+    labels = np.repeat(np.arange(num_classes), sizes)
+    centres = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[labels] + (noise / np.sqrt(dim)) * rng.standard_normal((num_items, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = rng.permutation(num_items)
+    return x[order].astype(np.float32), labels[order].astype(np.int64)
+
+
+def run_measured(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one subprocess, from its own rusage (os.wait4)."""
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO_ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{command} failed ({process.returncode}):\n{err.read()}")
+        return wall, usage.ru_maxrss / 1024, out.read()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=60502)
+    parser.add_argument("--classes", type=int, default=11316)
+    parser.add_argument("--output", default=None, help="write the measurements as JSON")
+    parser.add_argument("--skip_pml", action="store_true")
+    parser.add_argument("--skip_full", action="store_true")
+    args = parser.parse_args()
+
+    x, y = synthetic_embeddings(args.items, args.classes)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sop_like.npz")
+        np.savez(path, embeddings=x, labels=y)
+        runs = [("eval.py (3 metrics)", [sys.executable, "eval.py", "--embeddings", path, "--output",
+                                          os.path.join(tmp, "three.json"), "--evaluation_metrics", *THREE])]
+        if not args.skip_pml:
+            runs.append(("pml AccuracyCalculator (3 metrics)", [sys.executable, "-c", PML_SCRIPT, path]))
+        if not args.skip_full:
+            runs.append(("eval.py (full suite)", [sys.executable, "eval.py", "--embeddings", path, "--output",
+                                                   os.path.join(tmp, "full.json"), "--evaluation_metrics",
+                                                   *FULL_SUITE]))  # fmt: skip
+        for name, command in runs:
+            wall, peak_mb, stdout = run_measured(command)
+            if name.startswith("pml"):
+                values = json.loads(stdout.strip().splitlines()[-1])
+            else:
+                out_file = command[command.index("--output") + 1]
+                values = json.loads(Path(out_file).read_text())
+            rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
+
+    print(f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, torch threads of this CPU: {os.cpu_count()}")
+    print("| run | wall time (s) | peak RSS (MB) | values |")
+    print("|---|---|---|---|")
+    for row in rows:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in row["values"].items())
+        print(f"| {row['run']} | {row['wall_s']:.2f} | {row['peak_rss_mb']} | {shown} |")
+    if len(rows) > 1 and rows[1]["run"].startswith("pml"):
+        print(f"speed-up of eval.py over pml (3 metrics): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Proxy losses and the DADA criterion.
+
+Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss named by ``cfg.loss`` and wraps
+it either in ``DADACriterion`` (``cfg.dada``) or in the plain ``ProxyCriterion`` baseline.
+``REFERENCE_KEYS`` / ``criterion_kwargs_from_reference`` translate option names and values of the
+reference implementation (``Noahsark/DADA``) into this project's configuration names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from criteria.dada import DADACriterion, ProxyCriterion
+from criteria.discriminators import ACTIVATIONS, DISCREPANCIES
+from criteria.mixing import MIX_MODES, FixedDraws, MixSource, SeededBetaSource
+from criteria.proxy_losses import (
+    POSITIVE_MEANS,
+    PROXY_LOSSES,
+    ProxyAnchorLoss,
+    ProxyNCALoss,
+    ProxyNCAPlusPlusLoss,
+    SoftplusProxyLoss,
+    masked_logsumexp,
+)
+from utilities.errors import UserError
+
+__all__ = [
+    "CRITERION_DEFAULTS",
+    "DADACriterion",
+    "FixedDraws",
+    "MixSource",
+    "PROXY_LOSSES",
+    "ProxyAnchorLoss",
+    "ProxyCriterion",
+    "ProxyNCALoss",
+    "ProxyNCAPlusPlusLoss",
+    "REFERENCE_KEYS",
+    "SeededBetaSource",
+    "SoftplusProxyLoss",
+    "build_base_loss",
+    "build_criterion",
+    "criterion_kwargs_from_reference",
+    "masked_logsumexp",
+]
+
+# Every configuration key read by build_criterion, with the reference implementation's default value
+# (its parameters.py / spec §5.3). The configuration schema owns the defaults; this documents them.
+CRITERION_DEFAULTS: dict[str, Any] = {
+    "loss": "proxy_anchor",
+    "dada": True,
+    "embed_dim": 512,
+    "pos_alpha": 32.0,
+    "neg_alpha": 32.0,
+    "pos_delta": 0.1,
+    "neg_delta": -0.1,
+    "pa_positive_mean": "sample",
+    "nca_temperature": 1.0 / 9.0,
+    "proxy_loss_weight": 0.0075,
+    "adv_weight": 1.0,
+    "class_ratio": 0.01,
+    "discrepancy_weight": 0.5,
+    "discrepancy": "nwd",
+    "normalize_features": True,
+    "mix_mode": "random",
+    "shift_scale": 1.0,
+    "mix_alpha": 0.5,
+    "mix_beta": 0.5,
+    "pos_class_mix": False,
+    "samples_per_class": 2,
+    "domain_hidden": 512,
+    "domain_out_bn": False,
+    "class_hidden1": 512,
+    "class_hidden2": 128,
+    "class_out_bn": False,
+    "dropout": 0.5,
+    "activation": "relu",
+    "proxy_init_std": 0.125,
+    "seed": 0,
+}
+
+# Reference option name -> configuration name.
+REFERENCE_KEYS: dict[str, str] = {
+    "loss": "dada",
+    "proxy_dim": "loss",
+    "embed_dim": "embed_dim",
+    "loss_oproxy_pos_alpha": "pos_alpha",
+    "loss_oproxy_neg_alpha": "neg_alpha",
+    "loss_oproxy_pos_delta": "pos_delta",
+    "loss_oproxy_neg_delta": "neg_delta",
+    "oproxy_ratio": "proxy_loss_weight",
+    "dis_gamma": "adv_weight",
+    "d_dis_ratio": "class_ratio",
+    "d_discrepancy_ratio": "discrepancy_weight",
+    "dis_mode": "discrepancy",
+    "normal": "normalize_features",
+    "mix_mode": "mix_mode",
+    "shift_scale": "shift_scale",
+    "mix_alpha": "mix_alpha",
+    "mix_beta": "mix_beta",
+    "pos_class_mix": "pos_class_mix",
+    "samples_per_class": "samples_per_class",
+    "fd_fc1_dim": "domain_hidden",
+    "fd2_bn": "domain_out_bn",
+    "fc_fc1_dim": "class_hidden1",
+    "fc_fc2_dim": "class_hidden2",
+    "fc2_bn": "class_out_bn",
+    "dropout": "dropout",
+    "active_func": "activation",
+    "seed": "seed",
+}
+
+# Reference option -> {reference value: configuration value}, for options whose values change too.
+_REFERENCE_VALUES: dict[str, dict[Any, Any]] = {
+    "loss": {"dadaproxy": True, "oproxy": False},
+    "proxy_dim": {0: "proxy_anchor", 1: "softplus_proxy"},
+}
+
+
+def _reference_value(key: str, value: Any) -> Any:
+    if key in _REFERENCE_VALUES:
+        if value not in _REFERENCE_VALUES[key]:
+            valid = ", ".join(repr(v) for v in _REFERENCE_VALUES[key])
+            raise UserError(f"{key}: unsupported reference value {value!r}; expected one of {valid}")
+        return _REFERENCE_VALUES[key][value]
+    if key == "active_func":
+        # The reference uses ReLU for "relu" and LeakyReLU (slope 0.01) for anything else.
+        return "relu" if value == "relu" else "leaky_relu"
+    if key == "dropout":
+        return float(value)  # the reference's CLI passes it as a string
+    return value
+
+
+def criterion_kwargs_from_reference(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Translate reference options into configuration keys (names and values) for ``build_criterion``.
+
+    ``proxy_dim`` 0/1 becomes ``loss`` proxy_anchor/softplus_proxy (the reference's count-weighted
+    Proxy-Anchor is ``pa_positive_mean="sample"``, the default); ``active_func`` "relu"/other becomes
+    relu/leaky_relu; the reference ``loss`` dadaproxy/oproxy becomes ``dada`` True/False (True when
+    absent). Options outside ``REFERENCE_KEYS`` are not criterion settings here and are ignored, except
+    two the reference offers and this project does not: ``mix_extension`` (it crashes in the reference)
+    and a ``proxy_init_mode`` other than "norm" — those raise UserError.
+    """
+    if hparams.get("mix_extension", False):
+        raise UserError("mix_extension: not supported (it crashes in the reference implementation)")
+    if hparams.get("proxy_init_mode", "norm") != "norm":
+        raise UserError(f"proxy_init_mode: only 'norm' exists, got {hparams['proxy_init_mode']!r}")
+    kwargs: dict[str, Any] = {"dada": True}
+    kwargs.update({REFERENCE_KEYS[k]: _reference_value(k, v) for k, v in hparams.items() if k in REFERENCE_KEYS})
+    return kwargs
+
+
+_BASE_LOSS_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
+    "proxy_anchor": lambda cfg: ProxyAnchorLoss(
+        cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta, positive_mean=cfg.pa_positive_mean
+    ),
+    "softplus_proxy": lambda cfg: SoftplusProxyLoss(cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta),
+    "proxy_nca": lambda cfg: ProxyNCALoss(),
+    "proxy_nca_pp": lambda cfg: ProxyNCAPlusPlusLoss(temperature=cfg.nca_temperature),
+}
+assert set(_BASE_LOSS_BUILDERS) == set(PROXY_LOSSES)
+
+
+def _require_choice(cfg: Any, key: str, choices: Any) -> None:
+    value = getattr(cfg, key)
+    if value not in choices:
+        raise UserError(f"{key}: unknown value {value!r}; expected one of {', '.join(sorted(choices))}")
+
+
+def build_base_loss(cfg: Any) -> nn.Module:
+    """The base proxy loss named by ``cfg.loss`` (a key of ``PROXY_LOSSES``)."""
+    _require_choice(cfg, "loss", PROXY_LOSSES)
+    if cfg.loss == "proxy_anchor":
+        _require_choice(cfg, "pa_positive_mean", POSITIVE_MEANS)
+    if cfg.loss == "proxy_nca_pp" and not cfg.nca_temperature > 0:
+        raise UserError(f"nca_temperature: expected a value > 0, got {cfg.nca_temperature!r}")
+    return _BASE_LOSS_BUILDERS[cfg.loss](cfg)
+
+
+def _check_dada_config(cfg: Any) -> None:
+    _require_choice(cfg, "discrepancy", DISCREPANCIES)
+    _require_choice(cfg, "mix_mode", MIX_MODES)
+    _require_choice(cfg, "activation", ACTIVATIONS)
+    if not -1.0 < cfg.shift_scale <= 1.0:
+        raise UserError(f"shift_scale: expected -1 < shift_scale <= 1, got {cfg.shift_scale!r}")
+    if cfg.pos_class_mix and cfg.samples_per_class < 2:
+        raise UserError(f"samples_per_class: pos_class_mix needs at least 2, got {cfg.samples_per_class!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"dropout: expected 0 <= dropout < 1, got {cfg.dropout!r}")
+    if cfg.mix_alpha <= 0 or cfg.mix_beta <= 0:
+        raise UserError(f"mix_alpha/mix_beta: Beta parameters must be > 0, got {cfg.mix_alpha}, {cfg.mix_beta}")
+
+
+def build_criterion(cfg: Any, n_classes: int) -> nn.Module:
+    """``DADACriterion`` (``cfg.dada``) or ``ProxyCriterion`` around the base loss ``cfg.loss``.
+
+    The Beta draws come from ``SeededBetaSource(cfg.seed)``: identical on every process.
+    """
+    base_loss = build_base_loss(cfg)
+    if not cfg.dada:
+        return ProxyCriterion(base_loss, n_classes, cfg.embed_dim, proxy_init_std=cfg.proxy_init_std)
+    _check_dada_config(cfg)
+    return DADACriterion(
+        base_loss,
+        n_classes,
+        cfg.embed_dim,
+        proxy_loss_weight=cfg.proxy_loss_weight,
+        adv_weight=cfg.adv_weight,
+        class_ratio=cfg.class_ratio,
+        discrepancy_weight=cfg.discrepancy_weight,
+        discrepancy=cfg.discrepancy,
+        normalize_features=cfg.normalize_features,
+        mix_mode=cfg.mix_mode,
+        shift_scale=cfg.shift_scale,
+        mix_alpha=cfg.mix_alpha,
+        mix_beta=cfg.mix_beta,
+        pos_class_mix=cfg.pos_class_mix,
+        samples_per_class=cfg.samples_per_class,
+        domain_hidden=cfg.domain_hidden,
+        domain_out_bn=cfg.domain_out_bn,
+        class_hidden1=cfg.class_hidden1,
+        class_hidden2=cfg.class_hidden2,
+        class_out_bn=cfg.class_out_bn,
+        dropout=cfg.dropout,
+        activation=cfg.activation,
+        proxy_init_std=cfg.proxy_init_std,
+        mix_source=SeededBetaSource(cfg.seed),
+    )

@@ -1,0 +1,1 @@
+"""The training engine: optimizers and schedules, the adversarial step, evaluation, checkpoints, the loop."""

@@ -1,0 +1,80 @@
+"""The training data loader: batch sampler + per-sample augmentation seeds.
+
+Every training image gets its augmentation seed from (seed, epoch, batch, position in the global batch), so
+the augmented pixels depend neither on the number of loader workers, nor on whether workers persist across
+epochs, nor on how many ranks share the global batch: a resumed run and a multi-GPU run see exactly the
+images a single uninterrupted process sees.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utilities.distributed import DistInfo
+from utilities.seeding import derive_seed
+
+
+class SeededBatches:
+    """Wraps a batch sampler: yields `(index, sample_seed)` pairs instead of indices."""
+
+    def __init__(self, sampler: Any, seed: int, rank: int = 0) -> None:
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for number, batch in enumerate(self.sampler):
+            offset = self.rank * len(batch)
+            yield [
+                (int(index), derive_seed(self.seed, self.epoch, number, offset + position))
+                for position, index in enumerate(batch)
+            ]
+
+
+class SeededAugmentation(Dataset):
+    """Applies the dataset's (random) transform under a per-sample seed, leaving global RNGs untouched."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            sample = self.dataset[index]
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        return sample
+
+
+def build_train_loader(
+    dataset: Dataset, sampler: Any, *, seed: int, workers: int, device: torch.device, dist: DistInfo
+) -> tuple[DataLoader, SeededBatches]:
+    """Loader over the seeded batches; call `batches.set_epoch(epoch)` before each epoch."""
+    batches = SeededBatches(sampler, seed, dist.rank)
+    loader = DataLoader(
+        SeededAugmentation(dataset),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return loader, batches

@@ -1,0 +1,187 @@
+"""Embedding extraction and evaluation of a model on the evaluation splits (and of a saved checkpoint).
+
+Under torchrun every rank embeds a contiguous shard of each split; rank 0 gathers the shards and computes the
+metrics, which it then shares with the other ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from utilities.distributed import DistInfo, broadcast_object, gather_uneven
+
+QUERY_GALLERY = ("query", "gallery")
+
+
+def _shard(dataset: Dataset, info: DistInfo) -> Dataset:
+    if not info.enabled:
+        return dataset
+    n = len(dataset)
+    start, stop = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
+    return Subset(dataset, range(start, stop))
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    workers: int = 0,
+    precision: str = "fp32",
+    normalize: bool = True,
+    dist: DistInfo | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Embeddings (float32, on `device`, L2-normalised if `normalize`) and labels of a whole dataset."""
+    dist = dist or DistInfo()
+    loader = DataLoader(
+        _shard(dataset, dist),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    chunks, label_chunks = [], []
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision != "fp32"
+        else torch.autocast(device.type, enabled=False)
+    )
+    for images, labels, _ in loader:
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            embeddings = model(images).float()
+        chunks.append(F.normalize(embeddings, dim=-1) if normalize else embeddings)
+        label_chunks.append(torch.as_tensor(labels, device=device))
+    model.train(was_training)
+    embeddings = torch.cat(chunks) if chunks else torch.empty(0, device=device)
+    labels = torch.cat(label_chunks) if label_chunks else torch.empty(0, dtype=torch.long, device=device)
+    embeddings, labels = gather_uneven(embeddings, dist), gather_uneven(labels, dist)
+    return embeddings, labels.cpu().numpy()
+
+
+def evaluation_splits(splits: dict[str, Dataset], use_val: bool) -> tuple[str, ...]:
+    """Which splits an evaluation embeds: the validation split, query + gallery (In-Shop), or test."""
+    if use_val:
+        return ("val",)
+    if all(name in splits for name in QUERY_GALLERY):
+        return QUERY_GALLERY
+    return ("test",)
+
+
+def evaluate_embeddings(
+    embedded: dict[str, tuple[torch.Tensor, np.ndarray]], metrics: Sequence[str], backend: str
+) -> dict[str, float]:
+    """Metrics of embedded splits: query→gallery when both exist, else within the one split."""
+    from metrics import compute_metrics, compute_query_gallery_metrics
+
+    if "query" in embedded:
+        (q, ql), (g, gl) = embedded["query"], embedded["gallery"]
+        return compute_query_gallery_metrics(q, ql, g, gl, list(metrics), backend=backend, device=q.device)
+    ((embeddings, labels),) = embedded.values()
+    return compute_metrics(embeddings, labels, list(metrics), backend=backend, device=embeddings.device)
+
+
+def evaluate_model(
+    model: nn.Module,
+    splits: dict[str, Dataset],
+    names: Sequence[str],
+    *,
+    metrics: Sequence[str],
+    device: torch.device,
+    backend: str = "auto",
+    batch_size: int = 128,
+    workers: int = 0,
+    precision: str = "fp32",
+    normalize: bool = True,
+    dist: DistInfo | None = None,
+) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, np.ndarray]]]:
+    """Embed the named splits and compute the metrics (on rank 0, shared with every rank)."""
+    dist = dist or DistInfo()
+    embedded = {
+        name: embed_dataset(
+            model,
+            splits[name],
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            precision=precision,
+            normalize=normalize,
+            dist=dist,
+        )
+        for name in names
+    }
+    values = evaluate_embeddings(embedded, metrics, backend) if dist.is_main else None
+    return broadcast_object(values, dist), embedded
+
+
+def write_embeddings(path: str | Path, embedded: dict[str, tuple[torch.Tensor, np.ndarray]]) -> None:
+    """Write embeddings in the format `eval.py --embeddings` reads."""
+    arrays: dict[str, Any] = {}
+    for name, (embeddings, labels) in embedded.items():
+        prefix = "" if name not in QUERY_GALLERY else f"{name}_"
+        arrays[f"{prefix}embeddings"] = embeddings.cpu().numpy()
+        arrays[f"{prefix}labels"] = labels
+    np.savez(path, **arrays)
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    *,
+    source_path: str | None = None,
+    metrics: list[str] | None = None,
+    backend: str = "auto",
+    save_embeddings: str | None = None,
+    device: str = "auto",
+) -> dict[str, float]:
+    """Rebuild model and test data from a checkpoint's stored configuration and evaluate them (eval.py)."""
+    from architectures import build_model
+    from datasets import build_datasets
+    from engine.checkpoint import load_checkpoint
+    from engine.runtime import resolve_device, transform_normalization
+    from metrics import canonical_metric_name
+    from utilities.config import config_from_dict
+
+    state = load_checkpoint(checkpoint)
+    values = dict(state["config"])
+    values["pretrained"] = False
+    if source_path:
+        values["source_path"] = source_path
+    if metrics:
+        values["evaluation_metrics"] = [canonical_metric_name(m) for m in metrics]
+        values["best_metric"] = values["evaluation_metrics"][0]
+    cfg = config_from_dict(values, f"checkpoint {checkpoint}")
+    torch_device = resolve_device(device, cfg.gpu)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    model.to(torch_device)
+    if torch_device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    splits = build_datasets(cfg, transform_normalization(cfg.arch))
+    values_out, embedded = evaluate_model(
+        model,
+        splits,
+        evaluation_splits(splits, use_val=False),
+        metrics=cfg.evaluation_metrics,
+        device=torch_device,
+        backend=backend,
+        batch_size=cfg.eval_batch_size,
+        workers=min(cfg.kernels, 4),
+        normalize=cfg.normalize_features,
+    )
+    if save_embeddings:
+        write_embeddings(save_embeddings, embedded)
+    return values_out

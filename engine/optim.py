@@ -1,0 +1,53 @@
+"""The three optimizers of DADA and one learning-rate schedule definition applied to all of them.
+
+Parameter groups (spec §1.9): the backbone optimizer holds every network parameter (Adam with coupled L2
+decay, or AdamW); the proxy optimizer holds the proxies (and the `individual` mix weights); the
+discriminator optimizer holds both discriminators (and the `linear` mix weights). The schedules are stepped
+once per epoch, only after the warm-up epochs, so the schedule starts counting at the first full epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def build_optimizers(cfg: Any, model: nn.Module, criterion: nn.Module) -> dict[str, torch.optim.Optimizer]:
+    """`backbone`, `proxy` and (for adversarial criteria) `discriminator` optimizers."""
+    backbone = OPTIMIZERS[cfg.optim](
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    groups = criterion.param_groups(proxy_lr=cfg.proxy_lr, disc_lr=cfg.disc_lr, disc_decay=cfg.disc_decay)
+    optimizers = {"backbone": backbone, "proxy": torch.optim.Adam(groups["proxy"])}
+    if groups["discriminator"]:
+        optimizers["discriminator"] = torch.optim.Adam(groups["discriminator"])
+    return optimizers
+
+
+def _schedule(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    if cfg.scheduler == "multi":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
+    if cfg.scheduler == "linear":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.01, total_iters=20)
+    return None
+
+
+def build_schedulers(cfg: Any, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """One scheduler per optimizer from the one `scheduler` definition (`none`: no scheduler)."""
+    schedulers = {name: _schedule(cfg, opt) for name, opt in optimizers.items()}
+    return {name: s for name, s in schedulers.items() if s is not None}
+
+
+def schedule_steps_after(epoch: int, warmup: int, d_warmup: int) -> bool:
+    """The reference steps the schedules after an epoch only if it was neither a warm-up nor a d-warm-up."""
+    return epoch >= warmup and epoch >= d_warmup
+
+
+def learning_rates(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    return {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in optimizers.items()}

@@ -1,0 +1,138 @@
+"""Evaluate stored embeddings or a trained checkpoint.
+
+    python eval.py --embeddings FILE.npz [--evaluation_metrics recall@1 map@r ...] [--eval_backend auto]
+                   [--output FILE.json]
+    python eval.py --checkpoint RUN/checkpoints/best.pt [--source_path DIR] [--save_embeddings FILE.npz]
+
+An embeddings file holds ``embeddings`` + ``labels`` (every item queries all others) or
+``query_embeddings``, ``query_labels``, ``gallery_embeddings``, ``gallery_labels`` (query -> gallery).
+Exit codes: 0 success, 2 user error (one line on stderr), 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from utilities.errors import EXIT_USER_ERROR, UserError
+
+DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
+DEFAULT_QUERY_GALLERY_METRICS = [
+    "recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50", "map@r",
+]  # fmt: skip
+SINGLE_SET_KEYS = ("embeddings", "labels")
+QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse errors are user errors: one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="eval.py", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--embeddings", help="npz file of stored embeddings and labels")
+    source.add_argument("--checkpoint", "--test_path", dest="checkpoint", help="checkpoint of a training run")
+    parser.add_argument("--evaluation_metrics", nargs="+", default=None, help="metric names (or a [list])")
+    parser.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"])
+    parser.add_argument("--device", default=None, help="torch device for the search (default: cpu)")
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads for the search")
+    parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
+    parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
+    parser.add_argument("--save_embeddings", default=None, help="save the embeddings (checkpoint mode)")
+    return parser
+
+
+def load_embeddings_file(path: str) -> dict[str, Any]:
+    """The arrays of an embeddings npz, checked for one of the two key sets (UserError otherwise)."""
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--embeddings: file {path} does not exist")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"--embeddings: {path} is not a readable .npz file ({error})") from None
+    if not isinstance(arrays, dict):
+        raise UserError(f"--embeddings: {path} is a single array, expected an .npz archive")
+    if all(key in arrays for key in SINGLE_SET_KEYS):
+        return {key: arrays[key] for key in SINGLE_SET_KEYS}
+    if all(key in arrays for key in QUERY_GALLERY_KEYS):
+        return {key: arrays[key] for key in QUERY_GALLERY_KEYS}
+    raise UserError(
+        f"--embeddings: {path} has keys {sorted(arrays)}; expected {list(SINGLE_SET_KEYS)} "
+        f"or {list(QUERY_GALLERY_KEYS)}"
+    )
+
+
+def format_table(values: dict[str, float]) -> str:
+    width = max([len("metric"), *map(len, values)])
+    lines = [f"| {'metric':<{width}} | value  |", f"|{'-' * (width + 2)}|--------|"]
+    lines += [f"| {name:<{width}} | {value:.4f} |" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:
+    from metrics import compute_metrics, compute_query_gallery_metrics
+
+    arrays = load_embeddings_file(args.embeddings)
+    options = {"backend": args.eval_backend, "device": args.device, "num_threads": args.num_threads}
+    if "embeddings" in arrays:
+        values, info = compute_metrics(
+            arrays["embeddings"], arrays["labels"], metric_names or DEFAULT_METRICS, return_info=True, **options
+        )
+    else:
+        values, info = compute_query_gallery_metrics(
+            *(arrays[key] for key in QUERY_GALLERY_KEYS),
+            metric_names or DEFAULT_QUERY_GALLERY_METRICS,
+            return_info=True,
+            **options,
+        )
+    print(
+        f"{info['queries']} queries, {info['excluded_queries']} excluded from the retrieval metrics "
+        "(no other item of their class)"
+    )
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.embeddings and not args.checkpoint:
+            raise UserError("eval.py: exactly one of --embeddings or --checkpoint is required")
+        from metrics.names import parse_metric_list
+
+        metric_names = parse_metric_list(args.evaluation_metrics) if args.evaluation_metrics else None
+        if args.embeddings:
+            values = _evaluate_embeddings(args, metric_names)
+        else:
+            from engine.evaluation import evaluate_checkpoint
+
+            values = evaluate_checkpoint(
+                args.checkpoint,
+                source_path=args.source_path,
+                metrics=metric_names,
+                backend=args.eval_backend,
+                save_embeddings=args.save_embeddings,
+                device=args.device or "cpu",
+            )
+        print(format_table(values))
+        if args.output:
+            output = Path(args.output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(values, indent=1) + "\n")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Exact k-nearest-neighbour search in bounded memory, with a fast low-precision candidate stage.
+
+Ranking rule (both backends): neighbours of query q are ordered by the exact score
+``a_j = q.x_j - |x_j|^2 / 2`` (equivalently by the squared L2 distance |q|^2 - 2 a_j) evaluated in float64,
+larger first; equal scores are ordered by LOWER gallery index first; with ``exclude_self`` the query's
+own index is removed (by index, so duplicate embeddings are handled correctly).
+
+How it stays exact while using a cheap search:
+
+1. Candidate stage: the top ``k + margin`` items of every query by an APPROXIMATE score (bfloat16 or
+   float32 matrix products in the torch backend, a float32 faiss flat index in the faiss backend). For
+   every query a rigorous bound ``E`` on |approximate - exact| holds for ALL items (input rounding measured
+   from the actual rounding-error norms, accumulation ``gamma_D``, output rounding), and every item left
+   out has an approximate score <= ``tau`` (the worst one kept).
+2. Certificate: the k items with the best approximate scores have exact scores >= a~_k - E, so every true
+   top-k item has an approximate score >= floor = a~_k - 2E. If tau < floor, the true top-k (whatever the
+   ties) lies among the candidates above the floor, and only those are re-scored, in float32 from the
+   original vectors (error bound ``E2``).
+3. Order: if two of the first k + 1 re-scored candidates are within ``2 E2`` of each other, the row's
+   candidates are re-scored in float64 and sorted (score descending, index ascending).
+4. Rows that fail the certificate are searched again with a float32 candidate stage (4x the margin), then,
+   if they still fail (massive exact ties), exactly in float64 over the whole gallery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+U_FP32 = 2.0**-24
+U_BF16 = 2.0**-8
+U_TF32 = 2.0**-11
+GROUP = 32  # columns per group of the two-stage top-k
+SAFETY = 1.05  # multiplicative slack on every error bound
+
+
+@dataclass
+class KnnStats:
+    """How the rows of a search were resolved (for reports and tests)."""
+
+    rows: int = 0
+    float64_order_rows: int = 0  # near-ties among the first k re-scored in float64
+    fp32_retry_rows: int = 0  # candidate certificate failed once, searched again in float32
+    full_rows: int = 0  # certificate failed twice, exact float64 search over the whole gallery
+
+
+def _gamma(dim: int) -> float:
+    return dim * U_FP32 / (1 - dim * U_FP32)
+
+
+class Gallery:
+    """The searched set, prepared once: float32 vectors, float64 half squared norms, bound constants."""
+
+    def __init__(self, embeddings: torch.Tensor, device: torch.device) -> None:
+        self.x32 = embeddings.to(device=device, dtype=torch.float32).contiguous()
+        self.size, self.dim = self.x32.shape
+        x64 = self.x32.double()
+        self.h64 = 0.5 * (x64 * x64).sum(dim=1)
+        norms = self.h64.mul(2).sqrt()
+        self.max_norm = float(norms.max()) if self.size else 0.0
+        self.max_h = float(self.h64.max()) if self.size else 0.0
+        # all norms (nearly) equal: the -|x|^2/2 term can be dropped from the candidate scores and its spread
+        # added to the bound, which avoids a float32 pass over every score strip
+        self.h_mean = float(self.h64.mean()) if self.size else 0.0
+        self.h_spread = float((self.h64 - self.h_mean).abs().max()) if self.size else 0.0
+        self.uniform_norms = self.h_spread <= 1e-3 * max(self.max_h, 1e-30)
+        self.gamma = _gamma(self.dim)
+        self.device = device
+        self._low: dict[torch.dtype, tuple[torch.Tensor, float, float, torch.Tensor | None]] = {}
+
+    def low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
+        """(padded copy in ``dtype``, max |x~|, max |x~ - x|, float32 half norms padded with +inf or None)."""
+        if dtype not in self._low:
+            padded_rows = math.ceil(max(self.size, 1) / GROUP) * GROUP
+            low = torch.zeros(padded_rows, self.dim, dtype=dtype, device=self.device)
+            low[: self.size] = self.x32.to(dtype)
+            rounded = low[: self.size].double()
+            max_low_norm = float(rounded.norm(dim=1).max()) if self.size else 0.0
+            max_error = float((rounded - self.x32.double()).norm(dim=1).max()) if self.size else 0.0
+            h32 = None
+            if not self.uniform_norms:
+                h32 = torch.full((padded_rows,), math.inf, dtype=torch.float32, device=self.device)
+                h32[: self.size] = self.h64.float()
+            self._low[dtype] = (low, max_low_norm, max_error, h32)
+        return self._low[dtype]
+
+
+def exact_scores64(queries: torch.Tensor, candidates: torch.Tensor, gallery: Gallery) -> torch.Tensor:
+    """float64 scores a_j = q.x_j - |x_j|^2/2 of (n, c) candidate indices: the ranking's reference values.
+
+    Computed element-wise then summed over the last dimension, so a pair gets the same value whatever the
+    batch it is computed in (exact duplicates tie exactly).
+    """
+    q64 = queries.double()
+    c64 = gallery.x32[candidates].double()
+    return (c64 * q64[:, None, :]).sum(dim=-1) - gallery.h64[candidates]
+
+
+def _stable_order(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Candidates sorted by score descending, ties by lower index (rows independent)."""
+    by_index, pos = torch.sort(candidates, dim=1)
+    scores = scores.gather(1, pos)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return by_index.gather(1, order)
+
+
+def topk_grouped(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of every row and their columns (unordered), via maxima of column groups.
+
+    Exact as a selection: the kept groups are the k groups with the largest maxima, each holding at least
+    one value >= the k-th largest group maximum, so every value left out is <= the k-th value kept.
+    ``scores.shape[1]`` must be a multiple of ``GROUP`` when it is large.
+    """
+    rows, cols = scores.shape
+    if cols % GROUP or k * GROUP * 4 > cols:
+        return torch.topk(scores, k, dim=1, sorted=False)
+    groups = scores.view(rows, cols // GROUP, GROUP)
+    _, group_ids = torch.topk(groups.amax(dim=2), k, dim=1, sorted=False)
+    members = groups.gather(1, group_ids[:, :, None].expand(rows, k, GROUP)).reshape(rows, k * GROUP)
+    values, pos = torch.topk(members, k, dim=1, sorted=False)
+    columns = group_ids.gather(1, torch.div(pos, GROUP, rounding_mode="floor")) * GROUP + pos % GROUP
+    return values, columns
+
+
+class _NoReducedBf16Reduction:
+    """Keep bf16 CUDA matrix products accumulating in float32 (the error bound assumes it)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.active = device.type == "cuda"
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.saved = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = self.saved
+
+
+def torch_candidates(
+    queries: torch.Tensor, self_columns: torch.Tensor | None, gallery: Gallery, count: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``count`` candidates by a ``dtype`` matrix product: (indices, approximate scores, bound E)."""
+    low, max_low_norm, max_error, h32 = gallery.low_precision(dtype)
+    q_low = queries.to(dtype)
+    with _NoReducedBf16Reduction(gallery.device):
+        strip = q_low @ low.T
+    if h32 is not None:
+        strip = strip.float() - h32
+    else:
+        strip[:, gallery.size :] = -math.inf
+    rows = torch.arange(queries.shape[0], device=queries.device)
+    if self_columns is not None:
+        strip[rows, self_columns] = -math.inf
+    values, columns = topk_grouped(strip, count)
+    approx = values.double()
+    if h32 is None:
+        approx = approx - gallery.h_mean
+
+    q64 = queries.double()
+    q_norm = q64.norm(dim=1)
+    q_low_norm = q_low.double().norm(dim=1)
+    q_error = (q_low.double() - q64).norm(dim=1)
+    if dtype == torch.float32 and gallery.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        q_error = U_TF32 * q_norm
+        max_error = U_TF32 * gallery.max_norm
+    u_out = U_BF16 if dtype == torch.bfloat16 else U_FP32
+    product = q_low_norm * max_low_norm
+    bound = q_error * max_low_norm + q_norm * max_error + gallery.gamma * product
+    bound = bound + u_out * product * (1 + gallery.gamma)
+    if h32 is None:
+        bound = bound + gallery.h_spread
+    else:
+        bound = bound + U_FP32 * gallery.max_h + U_FP32 * (product * (1 + 2 * gallery.gamma) + gallery.max_h)
+    return columns, approx, bound * SAFETY + 1e-30
+
+
+def refine(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    approx: torch.Tensor,
+    tau: torch.Tensor,
+    bound: torch.Tensor,
+    k: int,
+    gallery: Gallery,
+    complete: bool,
+    stats: KnnStats,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of every row from its candidates: (indices (n, k), certified (n,) bool).
+
+    ``approx`` are the candidates' approximate scores, ``bound`` the per-row bound E on their error and
+    ``tau`` the score below which (up to E) every left-out item lies. Every true top-k item has an
+    approximate score >= floor = (k-th approximate score) - 2E, so a row is certified when tau < floor, and
+    only its candidates above the floor are re-scored. ``complete``: nothing was left out.
+    """
+    approx, order = torch.sort(approx, dim=1, descending=True)
+    candidates = candidates.gather(1, order)
+    floor = approx[:, k - 1] - 2 * bound
+    certified = tau < floor
+    if complete:
+        certified = torch.ones_like(certified)
+    needed = (approx >= floor[:, None]).sum(dim=1)
+    if complete:
+        needed[:] = candidates.shape[1]
+    width = int(needed[certified].max()) if bool(certified.any()) else k
+    candidates = candidates[:, : max(width, k)]
+
+    vectors = gallery.x32[candidates]
+    dots = torch.bmm(vectors, queries[:, :, None].float())[:, :, 0]
+    scores = dots.double() - gallery.h64[candidates]
+    q_norm = queries.double().norm(dim=1)
+    bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm + 1e-12 * (
+        q_norm * gallery.max_norm + gallery.max_h
+    )
+    ordered, order = torch.sort(scores, dim=1, descending=True)
+    limit = min(k + 1, ordered.shape[1])
+    gaps = ordered[:, : limit - 1] - ordered[:, 1:limit]
+    near_tie = (gaps <= 2 * bound2[:, None]).any(dim=1)
+    indices = candidates.gather(1, order)[:, :k]
+    redo = torch.nonzero(certified & near_tie)[:, 0]
+    if len(redo):
+        stats.float64_order_rows += len(redo)
+        exact = exact_scores64(queries[redo], candidates[redo], gallery)
+        indices[redo] = _stable_order(exact, candidates[redo])[:, :k]
+    return indices, certified
+
+
+def full_exact_rows(
+    queries: torch.Tensor, self_columns: torch.Tensor | None, k: int, gallery: Gallery, chunk: int = 4096
+) -> torch.Tensor:
+    """Reference search: float64 scores against the whole gallery, stable sort (slow; small inputs/rows)."""
+    out = []
+    for row in range(queries.shape[0]):
+        parts = []
+        for start in range(0, gallery.size, chunk):
+            cols = torch.arange(start, min(start + chunk, gallery.size), device=gallery.device)
+            parts.append(exact_scores64(queries[row : row + 1], cols[None, :], gallery)[0])
+        scores = torch.cat(parts)
+        if self_columns is not None:
+            scores[self_columns[row]] = -math.inf
+        order = torch.sort(scores, descending=True, stable=True).indices
+        out.append(order[:k])
+    if not out:
+        return torch.empty(0, k, dtype=torch.long, device=gallery.device)
+    return torch.stack(out)
+
+
+def _faiss_candidates(
+    index: object, queries: torch.Tensor, self_columns: torch.Tensor | None, gallery: Gallery, count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates from a faiss flat L2 index (self dropped by index): (ids, approx, tau, bound)."""
+    extra = 1 if self_columns is not None else 0
+    q_np = queries.float().cpu().numpy()
+    distances, ids = index.search(q_np, count + extra)  # type: ignore[attr-defined]
+    ids_t = torch.from_numpy(ids).to(gallery.device)
+    q64 = queries.double()
+    q_sq = (q64 * q64).sum(dim=1)
+    last = torch.from_numpy(distances[:, -1].astype(np.float64)).to(gallery.device)
+    tau = 0.5 * (q_sq - last)
+    if self_columns is not None:
+        is_self = ids_t == self_columns[:, None]
+        no_self = ~is_self.any(dim=1)
+        is_self[no_self, -1] = True
+        ids_t = ids_t[~is_self].view(ids_t.shape[0], count)
+    else:
+        is_self = None
+    approx = 0.5 * (q_sq[:, None] - torch.from_numpy(distances.astype(np.float64)).to(gallery.device))
+    if self_columns is not None:
+        approx = approx[~is_self].view(ids_t.shape[0], count)
+    q_norm = q_sq.sqrt()
+    unit = U_TF32 if "Gpu" in type(index).__name__ else gallery.gamma
+    bound = 0.5 * SAFETY * (unit + 4 * U_FP32) * (q_norm + gallery.max_norm) ** 2 + 1e-30
+    return ids_t, approx, tau, bound
+
+
+def _default_chunk(gallery_size: int, count: int, dim: int) -> int:
+    # one float32 score strip <= 128 MB and one float64 (rows, candidates, dim) re-scoring block <= 128 MB
+    by_strip = 2**25 // max(gallery_size, 1)
+    by_candidates = 2**24 // max(count * dim, 1)
+    return int(min(1024, max(16, min(by_strip, by_candidates))))
+
+
+def iter_knn(
+    queries: torch.Tensor,
+    gallery_embeddings: torch.Tensor,
+    k: int,
+    *,
+    exclude_self: bool,
+    backend: str,
+    device: torch.device,
+    candidate_dtype: torch.dtype = torch.bfloat16,
+    margin: int | None = None,
+    chunk: int | None = None,
+    stats: KnnStats | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(first_row, indices)`` per chunk of queries: the exact k nearest gallery items of each row.
+
+    ``exclude_self``: queries and gallery are the same set and row i never returns item i.
+    ``backend``: "torch" (candidate stage in ``candidate_dtype`` on ``device``) or "faiss".
+    ``k`` must not exceed the number of eligible items.
+    """
+    stats = stats if stats is not None else KnnStats()
+    gallery = Gallery(gallery_embeddings, device)
+    eligible = gallery.size - (1 if exclude_self else 0)
+    if not 1 <= k <= eligible:
+        raise ValueError(f"k={k} must be between 1 and the number of eligible items {eligible}")
+    margin = margin if margin is not None else max(32, k // 4)
+    count = min(k + margin, eligible)
+    complete = count == eligible
+    chunk = chunk or _default_chunk(gallery.size, count, gallery.dim)
+    index = None
+    if backend == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatL2(gallery.dim)
+        if faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(gallery.x32.cpu().numpy())
+    elif backend != "torch":
+        raise ValueError(f"unknown kNN backend {backend!r}")
+
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start : start + chunk].to(device=device, dtype=torch.float32)
+        rows = torch.arange(start, start + q.shape[0], device=device)
+        self_cols = rows if exclude_self else None
+        if index is not None:
+            cand, approx, tau, bound = _faiss_candidates(index, q, self_cols, gallery, count)
+        else:
+            cand, approx, bound = torch_candidates(q, self_cols, gallery, count, candidate_dtype)
+            tau = approx.min(dim=1).values
+        indices, certified = refine(q, cand, approx, tau, bound, k, gallery, complete, stats)
+        failed = torch.nonzero(~certified)[:, 0]
+        if len(failed):
+            stats.fp32_retry_rows += len(failed)
+            retry_count = min(k + 4 * margin, eligible)
+            sub_self = self_cols[failed] if self_cols is not None else None
+            cand, approx, bound = torch_candidates(q[failed], sub_self, gallery, retry_count, torch.float32)
+            tau = approx.min(dim=1).values
+            sub_idx, sub_ok = refine(
+                q[failed], cand, approx, tau, bound, k, gallery, retry_count == eligible, stats
+            )
+            indices[failed] = sub_idx
+            still = torch.nonzero(~sub_ok)[:, 0]
+            if len(still):
+                stats.full_rows += len(still)
+                rows_left = failed[still]
+                sub_self = self_cols[rows_left] if self_cols is not None else None
+                indices[rows_left] = full_exact_rows(q[rows_left], sub_self, k, gallery)
+        stats.rows += q.shape[0]
+        yield start, indices

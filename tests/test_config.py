@@ -1,0 +1,263 @@
+"""Configuration: schema defaults, YAML + command line resolution, and every error path (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utilities.config import FIELDS, Config, config_from_dict, parse_command_line, read_yaml
+from utilities.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def parse(*argv: str) -> Config:
+    cfg, _ = parse_command_line(list(argv), "test")
+    return cfg
+
+
+def test_every_key_has_a_help_line_and_a_valid_default():
+    for name, f in FIELDS.items():
+        assert f.metadata["help"], name
+    assert parse() == config_from_dict({})
+
+
+def test_command_line_wins_over_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 20\nlr: 0.5\nevaluation_metrics: [e_recall@1, mAP_R]\nbest_metric: e_recall@1\n")
+    cfg = parse("--config", str(path), "--lr", "0.25", "--pos_class_mix", "true", "--gpu", "1")
+    assert cfg.batch_size == 20 and cfg.lr == 0.25 and cfg.pos_class_mix is True and cfg.gpu == [1]
+    # reference metric names are accepted and stored under their canonical names
+    assert cfg.evaluation_metrics == ["recall@1", "map@r_legacy"] and cfg.best_metric == "recall@1"
+
+
+def test_list_values_on_the_command_line():
+    cfg = parse(
+        "--evaluation_metrics", "recall@1", "recall@10", "--best_metric", "recall@10", "--lr_milestones", "3", "7"
+    )
+    assert cfg.evaluation_metrics == ["recall@1", "recall@10"] and cfg.lr_milestones == [3, 7]
+    bracketed = parse("--evaluation_metrics", "['e_recall@1',", "'e_recall@2']")
+    assert bracketed.evaluation_metrics == ["recall@1", "recall@2"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"batch_sise": 4}, "unknown key 'batch_sise' in the configuration; did you mean 'batch_size'?"),
+        ({"loss_oproxy_pos_alpha": 4}, "the reference implementation's name for 'pos_alpha'"),
+        ({"batch_size": "many"}, "key 'batch_size' expects int"),
+        ({"batch_size": 1.5}, "key 'batch_size' expects int"),
+        ({"batch_size": True}, "key 'batch_size' expects int"),
+        ({"pos_class_mix": "perhaps"}, "key 'pos_class_mix' expects true or false"),
+        ({"batch_size": 91}, "must be divisible by samples_per_class"),
+        ({"shift_scale": -1.0}, "key 'shift_scale' must satisfy -1 < s <= 1"),
+        ({"dataset": "imagenet"}, "key 'dataset' must be one of"),
+        ({"augmentation": "fancy"}, "key 'augmentation' must be one of"),
+        ({"epochs": 0}, "key 'epochs' must be at least 1"),
+        ({"val_classes": 1.0}, "key 'val_classes' must be a fraction"),
+        ({"evaluation_metrics": ["recall@1", "accuracy"]}, "accuracy"),
+        ({"best_metric": "nmi"}, "key 'best_metric' (nmi) must be one of evaluation_metrics"),
+    ],
+)
+def test_bad_values_name_the_key(values, message):
+    with pytest.raises(UserError) as info:
+        config_from_dict(values)
+    assert message in str(info.value)
+
+
+def test_unknown_command_line_key_suggests_the_closest():
+    with pytest.raises(UserError, match="unknown key 'learning_rate' in the command line"):
+        parse("--learning_rate", "0.1")
+    with pytest.raises(UserError, match="did you mean 'epochs'"):
+        parse("--epoch", "3")
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        read_yaml(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        read_yaml(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        read_yaml(listed)
+
+
+# The reference implementation's four settings (spec §5.2), in this project's key names.
+PAPER_SETTINGS = {
+    "cub200": dict(
+        epochs=60,
+        batch_size=90,
+        lr=0.00012,
+        weight_decay=0.0001,
+        disc_decay=0.0004,
+        scheduler="step",
+        lr_step=4,
+        lr_gamma=0.45,
+        warmup=1,
+        d_warmup=1,
+        augmentation="base",
+        pos_class_mix=True,
+        domain_out_bn=True,
+        class_out_bn=True,
+        domain_hidden=512,
+        class_hidden1=512,
+        class_hidden2=128,
+        class_ratio=0.005,
+        proxy_loss_weight=0.0075,
+        pos_alpha=40,
+        neg_alpha=100,
+        mix_alpha=3,
+        mix_beta=0.5,
+        frozen_bn=True,
+    ),
+    "cars196": dict(
+        epochs=60,
+        batch_size=90,
+        lr=0.00012,
+        weight_decay=0.0001,
+        disc_decay=0.0001,
+        scheduler="step",
+        lr_step=10,
+        lr_gamma=0.5,
+        warmup=5,
+        d_warmup=1,
+        augmentation="auto",
+        pos_class_mix=False,
+        domain_out_bn=True,
+        class_out_bn=False,
+        domain_hidden=512,
+        class_hidden1=512,
+        class_hidden2=128,
+        class_ratio=0.01,
+        proxy_loss_weight=0.0075,
+        pos_alpha=32,
+        neg_alpha=32,
+        mix_alpha=2,
+        mix_beta=1,
+        frozen_bn=True,
+    ),
+    "online_products": dict(
+        epochs=200,
+        batch_size=180,
+        lr=0.00012,
+        weight_decay=0.00005,
+        disc_decay=0.0001,
+        scheduler="multi",
+        lr_milestones=[20, 45, 70],
+        lr_gamma=0.1,
+        warmup=1,
+        d_warmup=1,
+        augmentation="base",
+        pos_class_mix=True,
+        domain_out_bn=True,
+        class_out_bn=False,
+        domain_hidden=128,
+        class_hidden1=1024,
+        class_hidden2=8192,
+        class_ratio=0.05,
+        proxy_loss_weight=0.03,
+        pos_alpha=100,
+        neg_alpha=200,
+        mix_alpha=2,
+        mix_beta=5,
+        frozen_bn=False,
+    ),
+    "inshop": dict(
+        epochs=200,
+        batch_size=180,
+        lr=0.00012,
+        weight_decay=0.0001,
+        disc_decay=0.00005,
+        scheduler="step",
+        lr_step=40,
+        lr_gamma=0.25,
+        warmup=5,
+        d_warmup=1,
+        augmentation="base",
+        pos_class_mix=True,
+        domain_out_bn=True,
+        class_out_bn=True,
+        domain_hidden=512,
+        class_hidden1=512,
+        class_hidden2=4096,
+        class_ratio=0.01,
+        proxy_loss_weight=0.0075,
+        pos_alpha=40,
+        neg_alpha=200,
+        mix_alpha=3,
+        mix_beta=3,
+        frozen_bn=False,
+    ),
+}
+SHARED = dict(
+    arch="resnet50.tv_in1k",
+    embed_dim=512,
+    samples_per_class=2,
+    data_sampler="class_random",
+    loss="proxy_anchor",
+    dada=True,
+    proxy_lr=0.04,
+    disc_lr=0.0005,
+    adv_weight=1.0,
+    discrepancy_weight=0.5,
+    discrepancy="nwd",
+    d_step=3,
+    g_step=1,
+    normalize_features=True,
+    mix_mode="random",
+    shift_scale=1.0,
+    dropout=0.5,
+    activation="relu",
+    pos_delta=0.1,
+    neg_delta=-0.1,
+    proxy_init_std=0.125,
+    seed=0,
+    pooling="avgmax",
+    embed_norm="layernorm",
+    optim="adam",
+)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_configs_match_the_reference_key_by_key(name):
+    cfg = parse("--config", str(CONFIGS / f"{name}.yaml"))
+    assert cfg.dataset == name
+    for key, value in {**SHARED, **PAPER_SETTINGS[name]}.items():
+        assert getattr(cfg, key) == value, key
+
+
+def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_main_help_lists_every_key():
+    result = run_main("--help")
+    assert result.returncode == 0
+    for name in ("batch_size", "class_ratio", "mix_mode", "eval_backend", "--dry_run", "--resume"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch_sise", "4"], "did you mean 'batch_size'"),
+        (["--config", "nowhere.yaml"], "config file not found: nowhere.yaml"),
+        (["--batch_size", "7"], "must be divisible by samples_per_class"),
+        (["--dataset", "cub200", "--source_path", "/nonexistent", "--dry_run"], "/nonexistent"),
+        (["--resume", "/nonexistent/last.pt"], "checkpoint not found"),
+    ],
+)
+def test_main_exits_2_with_one_line(args, message):
+    result = run_main(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr

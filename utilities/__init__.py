@@ -1,0 +1,1 @@
+"""Small cross-cutting helpers: configuration, errors, seeding, logging, distributed."""

@@ -1,0 +1,415 @@
+"""The configuration schema, and how YAML files and the command line become one resolved `Config`.
+
+Every key lives in one dataclass with a default and a one-line help (shown by ``python main.py --help``).
+Resolution order: schema defaults, then the YAML file given by ``--config``, then ``--key value`` on the
+command line (the command line wins). Unknown keys, wrong types and impossible values raise `UserError`
+naming the key (and the closest valid key), before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utilities.errors import UserError
+
+DATASET_NAMES = ("cub200", "cars196", "online_products", "inshop", "synthetic")
+
+
+def _key(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
+    """A schema entry: default value, one-line help and (optionally) the allowed values."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Defaults are the reference implementation's `parameters.py` defaults."""
+
+    # --- run -----------------------------------------------------------------------------------------
+    dataset: str = _key("synthetic", "benchmark to train on", DATASET_NAMES)
+    source_path: str = _key("data", "root folder of the datasets (the dataset name is appended)")
+    save_path: str = _key("runs", "root folder of the runs (<save_path>/<dataset>/<save_name>)")
+    save_name: str = _key("", "run folder name; empty: a date-stamped name")
+    seed: int = _key(0, "seed of sampling, augmentation, mixing draws and initialisation")
+    device: str = _key("auto", "where to train: auto (CUDA when available), cuda or cpu", ("auto", "cuda", "cpu"))
+    gpu: list[int] = _key([0], "CUDA device index (single-process runs; torchrun sets it per rank)")
+    kernels: int = _key(4, "data-loader worker processes (and faiss threads)")
+    precision: str = _key("fp32", "fp32, or autocast in bf16 / fp16 (loss math stays fp32)", ("fp32", "bf16", "fp16"))
+    channels_last: bool = _key(True, "channels_last memory format for CNN backbones on CUDA")
+    compile: bool = _key(False, "torch.compile the backbone (CUDA)")
+    tensorboard: bool = _key(False, "also write TensorBoard scalars to <run>/tensorboard")
+    plots: bool = _key(True, "write learning curves and a 2-D embedding map to the run folder")
+    sync_bn: bool = _key(False, "convert trainable backbone BatchNorm to SyncBatchNorm under torchrun")
+    max_nonfinite: int = _key(20, "stop the run after this many consecutive non-finite losses")
+
+    # --- data ----------------------------------------------------------------------------------------
+    augmentation: str = _key("base", "training augmentation", ("base", "auto", "big", "adv", "v2"))
+    resolution: int = _key(224, "crop size of training and evaluation images")
+    batch_size: int = _key(90, "images per (global) training batch")
+    samples_per_class: int = _key(2, "images per class draw in a batch")
+    data_sampler: str = _key("class_random", "batch sampler", ("class_random", "m_per_class"))
+    iterations_per_epoch: int = _key(0, "batches per epoch; 0: floor(train images / batch_size)")
+    val_classes: float = _key(0.0, "fraction of training classes held out as a validation split (0: none)")
+    eval_batch_size: int = _key(128, "images per batch when embedding evaluation images")
+    synthetic_classes: int = _key(32, "synthetic benchmark: number of classes (half train, half test)")
+    synthetic_images_per_class: int = _key(40, "synthetic benchmark: images per class")
+    synthetic_image_size: int = _key(64, "synthetic benchmark: side of the generated images in pixels")
+
+    # --- model ---------------------------------------------------------------------------------------
+    arch: str = _key("resnet50.tv_in1k", "backbone: any timm model name, or bninception")
+    pretrained: bool = _key(True, "start from ImageNet weights (timm hub cache, or pretrained_path)")
+    pretrained_path: str = _key("", "local weights file for the backbone (no download)")
+    pooling: str = _key("avgmax", "pooling of CNN feature maps", ("avg", "max", "avgmax"))
+    embed_dim: int = _key(512, "embedding dimension")
+    embed_norm: str = _key("layernorm", "embedding normalisation", ("layernorm", "l2", "none"))
+    frozen_bn: bool = _key(True, "freeze backbone BatchNorm statistics (affine parameters still train)")
+
+    # --- base proxy loss -----------------------------------------------------------------------------
+    loss: str = _key("proxy_anchor", "base proxy loss", ("proxy_anchor", "softplus_proxy", "proxy_nca", "proxy_nca_pp"))
+    dada: bool = _key(True, "wrap the base loss with the DADA criterion (false: plain baseline)")
+    pos_alpha: float = _key(32.0, "Proxy-Anchor positive scale alpha+")
+    neg_alpha: float = _key(32.0, "Proxy-Anchor negative scale alpha-")
+    pos_delta: float = _key(0.1, "Proxy-Anchor positive margin delta+")
+    neg_delta: float = _key(-0.1, "Proxy-Anchor negative margin delta-")
+    pa_positive_mean: str = _key(
+        "sample", "Proxy-Anchor positive term: per sample row (reference) or per proxy (paper)", ("sample", "proxy")
+    )
+    nca_temperature: float = _key(1.0 / 9.0, "ProxyNCA++ softmax temperature")
+    proxy_init_std: float = _key(0.125, "proxies start as N(0, std^2)")
+    proxy_lr: float = _key(0.04, "learning rate of the proxies")
+
+    # --- DADA ----------------------------------------------------------------------------------------
+    proxy_loss_weight: float = _key(0.0075, "r: weight of the proxy loss in the generator objective")
+    adv_weight: float = _key(1.0, "gamma: weight of the adversarial terms in the generator objective")
+    class_ratio: float = _key(0.01, "rho: share of the class-discrepancy part (1 - rho: domain part)")
+    discrepancy_weight: float = _key(0.5, "kappa: weight of the discrepancy inside the class part")
+    discrepancy: str = _key("nwd", "discrepancy between sample and mix predictions", ("nwd", "l1"))
+    normalize_features: bool = _key(True, "L2-normalise discriminator inputs and evaluation embeddings")
+    mix_mode: str = _key("random", "sample-proxy mixup", ("random", "individual", "linear"))
+    shift_scale: float = _key(1.0, "shift scale s of the random mixup, -1 < s <= 1")
+    mix_alpha: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: a")
+    mix_beta: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: b")
+    pos_class_mix: bool = _key(False, "add mixes of positive pairs to the batch (needs samples_per_class >= 2)")
+    domain_hidden: int = _key(512, "hidden width of the 3-way domain discriminator")
+    domain_out_bn: bool = _key(False, "BatchNorm on the domain discriminator's output")
+    class_hidden1: int = _key(512, "first hidden width of the class discrepancy predictor")
+    class_hidden2: int = _key(128, "second hidden width of the class discrepancy predictor")
+    class_out_bn: bool = _key(False, "BatchNorm on the class predictor's output")
+    dropout: float = _key(0.5, "dropout of the class predictor")
+    activation: str = _key("relu", "activation of the discriminators", ("relu", "leaky_relu"))
+    disc_lr: float = _key(5e-4, "learning rate of the discriminators (and of the learnable mix weights)")
+    disc_decay: float = _key(1e-4, "weight decay of the discriminators")
+    d_step: int = _key(3, "discriminator updates per batch")
+    g_step: int = _key(1, "generator updates per batch")
+
+    # --- optimisation --------------------------------------------------------------------------------
+    epochs: int = _key(50, "training epochs")
+    optim: str = _key("adam", "backbone optimizer (proxies and discriminators always use Adam)", ("adam", "adamw"))
+    lr: float = _key(1e-4, "backbone and embedding-head learning rate")
+    weight_decay: float = _key(4e-4, "backbone weight decay (coupled L2 for adam, decoupled for adamw)")
+    scheduler: str = _key("step", "learning-rate schedule of all three optimizers", ("step", "multi", "linear", "none"))
+    lr_step: int = _key(5, "step schedule: epochs between decays")
+    lr_gamma: float = _key(0.5, "step / multi schedule: decay factor")
+    lr_milestones: list[int] = _key([20, 45, 70], "multi schedule: epochs (counted after warm-up) of decay")
+    warmup: int = _key(1, "epochs that train only the embedding head and the proxies")
+    d_warmup: int = _key(1, "epochs that train only the discriminators")
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    evaluation_metrics: list[str] = _key(
+        ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r"], "metrics computed at evaluation"
+    )
+    eval_every: int = _key(1, "evaluate every this many epochs (and after the last)")
+    eval_backend: str = _key("auto", "nearest-neighbour backend", ("auto", "faiss", "torch"))
+    best_metric: str = _key("recall@1", "metric that selects checkpoints/best.pt")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+# The reference implementation's option names, to point users of its YAML files at ours.
+REFERENCE_KEYS: dict[str, str] = {
+    "n_epochs": "epochs",
+    "decay": "weight_decay",
+    "dis_decay": "disc_decay",
+    "lr_reduce_step": "lr_step",
+    "lr_reduce_rate": "lr_gamma",
+    "lr_reduce_multi_steps": "lr_milestones",
+    "storage_metrics": "best_metric",
+    "loss_adv_proxy_lr": "proxy_lr",
+    "loss_adv_classifier_lr": "disc_lr",
+    "loss_oproxy_pos_alpha": "pos_alpha",
+    "loss_oproxy_neg_alpha": "neg_alpha",
+    "loss_oproxy_pos_delta": "pos_delta",
+    "loss_oproxy_neg_delta": "neg_delta",
+    "oproxy_ratio": "proxy_loss_weight",
+    "dis_gamma": "adv_weight",
+    "d_dis_ratio": "class_ratio",
+    "d_discrepancy_ratio": "discrepancy_weight",
+    "dis_mode": "discrepancy",
+    "normal": "normalize_features",
+    "fd_fc1_dim": "domain_hidden",
+    "fd2_bn": "domain_out_bn",
+    "fc_fc1_dim": "class_hidden1",
+    "fc_fc2_dim": "class_hidden2",
+    "fc2_bn": "class_out_bn",
+    "active_func": "activation",
+    "proxy_dim": "loss",
+    "not_pretrained": "pretrained",
+}
+
+
+def _unknown_key_message(key: str, where: str) -> str:
+    if key in REFERENCE_KEYS:
+        return f"unknown key '{key}' in {where}: the reference implementation's name for '{REFERENCE_KEYS[key]}'"
+    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see python main.py --help"
+    return f"unknown key '{key}' in {where}{hint}"
+
+
+_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+
+
+def _parse_bool(text: str, key: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise UserError(f"key '{key}' expects true or false, got '{text}'")
+
+
+def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
+    """Check (YAML values) or convert (command-line strings) one value to the schema type."""
+    if isinstance(value, str) and kind is not str:
+        if kind is bool:
+            return _parse_bool(value, key)
+        try:
+            return kind(value)
+        except ValueError:
+            raise UserError(f"key '{key}' expects {kind.__name__}, got '{value}'") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"key '{key}' expects {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert a YAML value or command-line string(s) to the type the schema declares for `key`."""
+    kind = _TYPES[key]
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            value = [value]
+        if key == "evaluation_metrics":
+            from metrics import parse_metric_list
+
+            value = parse_metric_list([str(v) for v in value])
+        return [_coerce_scalar(v, item, key) for v in value]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return _coerce_scalar(value, kind, key)
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values with one line naming the key; returns `cfg` for chaining."""
+    for name, f in FIELDS.items():
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, name) not in choices:
+            raise UserError(f"key '{name}' must be one of {', '.join(map(str, choices))}; got '{getattr(cfg, name)}'")
+    positive = (
+        "batch_size",
+        "samples_per_class",
+        "epochs",
+        "embed_dim",
+        "resolution",
+        "eval_every",
+        "eval_batch_size",
+        "domain_hidden",
+        "class_hidden1",
+        "class_hidden2",
+        "d_step",
+        "g_step",
+        "synthetic_classes",
+        "synthetic_images_per_class",
+        "synthetic_image_size",
+        "max_nonfinite",
+    )
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise UserError(f"key '{name}' must be at least 1; got {getattr(cfg, name)}")
+    non_negative = (
+        "kernels",
+        "iterations_per_epoch",
+        "warmup",
+        "d_warmup",
+        "lr",
+        "weight_decay",
+        "proxy_lr",
+        "disc_lr",
+        "disc_decay",
+        "proxy_init_std",
+        "lr_step",
+    )
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"key '{name}' must not be negative; got {getattr(cfg, name)}")
+    if cfg.batch_size % cfg.samples_per_class:
+        raise UserError(
+            f"key 'batch_size' ({cfg.batch_size}) must be divisible by samples_per_class ({cfg.samples_per_class})"
+        )
+    if cfg.pos_class_mix and cfg.samples_per_class < 2:
+        raise UserError("key 'pos_class_mix' needs samples_per_class >= 2")
+    if not -1.0 < cfg.shift_scale <= 1.0:
+        raise UserError(f"key 'shift_scale' must satisfy -1 < s <= 1; got {cfg.shift_scale}")
+    if not 0.0 <= cfg.val_classes < 1.0:
+        raise UserError(f"key 'val_classes' must be a fraction in [0, 1); got {cfg.val_classes}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"key 'dropout' must be in [0, 1); got {cfg.dropout}")
+    if cfg.mix_alpha <= 0 or cfg.mix_beta <= 0:
+        raise UserError("keys 'mix_alpha' and 'mix_beta' must be positive (Beta distribution parameters)")
+    if cfg.scheduler == "step" and cfg.lr_step < 1:
+        raise UserError("key 'lr_step' must be at least 1 with scheduler: step")
+    if cfg.dataset == "synthetic" and cfg.synthetic_classes < 4:
+        raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
+    from metrics import canonical_metric_name
+
+    cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
+    cfg.best_metric = canonical_metric_name(cfg.best_metric)
+    if cfg.best_metric not in cfg.evaluation_metrics:
+        raise UserError(f"key 'best_metric' ({cfg.best_metric}) must be one of evaluation_metrics")
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a flat YAML mapping; a missing or malformed file is a `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def config_from_dict(values: dict[str, Any], where: str = "the configuration") -> Config:
+    """Build a validated `Config` from a mapping of schema keys (unknown keys are a `UserError`)."""
+    cfg = Config()
+    apply_overrides(cfg, values, where)
+    return validate(cfg)
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> None:
+    for key, value in values.items():
+        if key not in FIELDS:
+            raise UserError(_unknown_key_message(key, where))
+        setattr(cfg, key, coerce(key, value))
+
+
+def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
+    """`--key value [value ...]` pairs (also `--key=value`) from the tokens argparse did not know."""
+    overrides: dict[str, list[str]] = {}
+    key: str | None = None
+    for token in tokens:
+        if token.startswith("--"):
+            name, _, inline = token[2:].partition("=")
+            key = name.replace("-", "_")
+            if key not in FIELDS:
+                raise UserError(_unknown_key_message(key, "the command line"))
+            overrides[key] = [inline] if inline else []
+        elif key is None:
+            raise UserError(f"unexpected argument '{token}' (options are written --key value)")
+        else:
+            overrides[key].append(token)
+    for name, values in overrides.items():
+        if not values:
+            if _TYPES[name] is bool:
+                values.append("true")
+            else:
+                raise UserError(f"key '{name}' on the command line needs a value")
+    return overrides
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The argparse front end: run options plus every schema key, so --help lists them all."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file of settings (command-line keys win over it)")
+    parser.add_argument("--resume", help="continue a run: a checkpoint file or a run folder")
+    parser.add_argument("--dry_run", action="store_true", help="check config and data, print a summary, exit")
+    parser.add_argument("--check_images", action="store_true", help="with --dry_run: decode every image")
+    group = parser.add_argument_group("settings (YAML keys; any can be given as --key value)")
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        nargs = "+" if typing.get_origin(_TYPES[name]) is list else None
+        group.add_argument(
+            f"--{name}",
+            help=f"{f.metadata['help']} (default: {default})",
+            metavar="VALUE",
+            default=argparse.SUPPRESS,
+            nargs=nargs,
+        )
+    return parser
+
+
+def parse_command_line(
+    argv: Sequence[str] | None, description: str, base: dict[str, Any] | None = None
+) -> tuple[Config, argparse.Namespace]:
+    """Resolve defaults (or `base`, a stored configuration), the YAML of `--config` and `--key value`
+    overrides into a validated `Config`.
+
+    Returns the config and the run options (`config`, `resume`, `dry_run`, `check_images`).
+    """
+    parser = build_parser(description)
+    known = ["--config", "--resume", "--dry_run", "--check_images", "--help", "-h"]
+    run_tokens, key_tokens = _separate(list(argv) if argv is not None else sys.argv[1:], known)
+    options = parser.parse_args(run_tokens)
+    cfg = Config()
+    if base:
+        apply_overrides(cfg, base, "the stored configuration")
+    if options.config:
+        apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}")
+    apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line")
+    return validate(cfg), options
+
+
+def _separate(tokens: list[str], run_options: list[str]) -> tuple[list[str], list[str]]:
+    """Split argv into the run options (for argparse) and the schema `--key value` overrides."""
+    run, keys = [], []
+    takes_value = {"--config", "--resume"}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        name = token.split("=", 1)[0]
+        if name in run_options:
+            run.append(token)
+            if name in takes_value and "=" not in token and i + 1 < len(tokens):
+                run.append(tokens[i + 1])
+                i += 1
+        else:
+            keys.append(token)
+        i += 1
+    return run, keys
+
+
+def write_yaml(cfg: Config, path: Path) -> None:
+    """Write the resolved configuration (every key) as YAML."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,12 @@
+"""The one exception type that means "the user gave bad input" (exit code 2)."""
+
+
+class UserError(Exception):
+    """A configuration, argument or data error the user can fix.
+
+    Entry points (``main.py``, ``eval.py``) catch it, print its message as one line and exit with code 2.
+    The message must name the offending key, file or folder and, where possible, what was expected.
+    """
+
+
+EXIT_USER_ERROR = 2
