@@ -22,8 +22,14 @@ from utilities.errors import EXIT_USER_ERROR, UserError
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 DEFAULT_QUERY_GALLERY_METRICS = [
-    "recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50", "map@r",
-]  # fmt: skip
+    "recall@1",
+    "recall@10",
+    "recall@20",
+    "recall@30",
+    "recall@40",
+    "recall@50",
+    "map@r",
+]
 SINGLE_SET_KEYS = ("embeddings", "labels")
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
@@ -80,9 +86,9 @@ def format_table(values: dict[str, float]) -> str:
 
 
 def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:
-    from metrics import compute_metrics, compute_query_gallery_metrics
-
     arrays = load_embeddings_file(args.embeddings)
+    from metrics import compute_metrics, compute_query_gallery_metrics  # torch only once the file is valid
+
     options = {"backend": args.eval_backend, "device": args.device, "num_threads": args.num_threads}
     if "embeddings" in arrays:
         values, info = compute_metrics(

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from utilities.errors import EXIT_USER_ERROR, UserError
+from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 
 def dry_run(cfg, check_images: bool) -> int:
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(

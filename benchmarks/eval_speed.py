@@ -57,7 +57,7 @@ def sop_like_class_sizes(num_items: int, num_classes: int, rng: np.random.Genera
 
 
 def synthetic_embeddings(
-    num_items: int = 60502, num_classes: int = 11316, dim: int = 512, noise: float = 0.95, seed: int = 0
+    num_items: int = 60502, num_classes: int = 11316, dim: int = 512, noise: float = 2.25, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised class centre + Gaussian noise (per-dimension std noise/sqrt(dim)), int64 labels."""
     rng = np.random.default_rng(seed)
@@ -100,14 +100,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sop_like.npz")
         np.savez(path, embeddings=x, labels=y)
-        runs = [("eval.py (3 metrics)", [sys.executable, "eval.py", "--embeddings", path, "--output",
-                                          os.path.join(tmp, "three.json"), "--evaluation_metrics", *THREE])]
+        runs = [
+            (
+                "eval.py (3 metrics)",
+                [
+                    sys.executable,
+                    "eval.py",
+                    "--embeddings",
+                    path,
+                    "--output",
+                    os.path.join(tmp, "three.json"),
+                    "--evaluation_metrics",
+                    *THREE,
+                ],
+            )
+        ]
         if not args.skip_pml:
             runs.append(("pml AccuracyCalculator (3 metrics)", [sys.executable, "-c", PML_SCRIPT, path]))
         if not args.skip_full:
-            runs.append(("eval.py (full suite)", [sys.executable, "eval.py", "--embeddings", path, "--output",
-                                                   os.path.join(tmp, "full.json"), "--evaluation_metrics",
-                                                   *FULL_SUITE]))  # fmt: skip
+            runs.append(
+                (
+                    "eval.py (full suite)",
+                    [
+                        sys.executable,
+                        "eval.py",
+                        "--embeddings",
+                        path,
+                        "--output",
+                        os.path.join(tmp, "full.json"),
+                        "--evaluation_metrics",
+                        *FULL_SUITE,
+                    ],
+                )
+            )
         for name, command in runs:
             wall, peak_mb, stdout = run_measured(command)
             if name.startswith("pml"):
@@ -117,7 +142,9 @@ def main() -> int:
                 values = json.loads(Path(out_file).read_text())
             rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
 
-    print(f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, torch threads of this CPU: {os.cpu_count()}")
+    print(
+        f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, torch threads of this CPU: {os.cpu_count()}"
+    )
     print("| run | wall time (s) | peak RSS (MB) | values |")
     print("|---|---|---|---|")
     for row in rows:

@@ -70,9 +70,7 @@ class ImageDataset:
         self.transform = transform
 
     @classmethod
-    def from_split(
-        cls, files: SplitFiles, transform: Callable[[Image.Image], Any] | None = None
-    ) -> ImageDataset:
+    def from_split(cls, files: SplitFiles, transform: Callable[[Image.Image], Any] | None = None) -> ImageDataset:
         return cls(files.paths, files.labels, transform)
 
     def __len__(self) -> int:

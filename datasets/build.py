@@ -6,8 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from datasets.base import ImageDataset, SplitFiles
 from datasets.cars196 import load_cars196
 from datasets.cub200 import load_cub200
@@ -35,9 +33,7 @@ def split_validation(train: SplitFiles, fraction: float) -> tuple[SplitFiles, Sp
     n_classes = train.num_classes
     n_val = max(1, round(fraction * n_classes))
     if n_val >= n_classes:
-        raise UserError(
-            f"val_classes: {fraction} of {n_classes} training classes leaves no class for training"
-        )
+        raise UserError(f"val_classes: {fraction} of {n_classes} training classes leaves no class for training")
     first_val = n_classes - n_val  # labels are 0..K-1 in sorted class order
     in_val = train.labels >= first_val
     keep = SplitFiles([p for p, v in zip(train.paths, in_val) if not v], train.labels[~in_val])

@@ -35,9 +35,7 @@ def list_images(folder: Path) -> list[str]:
         names = [
             entry.name
             for entry in entries
-            if entry.is_file()
-            and not is_hidden_fork(entry.name)
-            and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            if entry.is_file() and not is_hidden_fork(entry.name) and entry.name.lower().endswith(IMAGE_EXTENSIONS)
         ]
     return sorted(names)
 
@@ -55,9 +53,7 @@ def check_files_exist(paths: Iterable[str], dataset: str, listed_in: Path) -> No
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
         examples = ", ".join(missing[:3])
-        raise UserError(
-            f"{dataset}: {len(missing)} image(s) listed in {listed_in} are missing, e.g. {examples}"
-        )
+        raise UserError(f"{dataset}: {len(missing)} image(s) listed in {listed_in} are missing, e.g. {examples}")
 
 
 def first_existing(candidates: list[Path]) -> Path | None:

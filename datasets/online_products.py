@@ -37,9 +37,7 @@ def load_online_products(folder: Path) -> dict[str, SplitFiles]:
     for split, name in SPLIT_FILES.items():
         annotation = info_dir / name
         if not annotation.is_file():
-            raise UserError(
-                f"online_products: annotation file {name} not found in {folder / 'Info_Files'} or {folder}"
-            )
+            raise UserError(f"online_products: annotation file {name} not found in {folder / 'Info_Files'} or {folder}")
         splits[split] = read_ebay_file(annotation, image_root)
         check_files_exist(splits[split].paths, "online_products", annotation)
     return splits

@@ -22,13 +22,9 @@ from utilities.errors import UserError
 
 def _check_sizes(batch_size: int, samples_per_class: int, rank: int, world_size: int) -> None:
     if batch_size < 1 or samples_per_class < 1:
-        raise UserError(
-            f"batch_size ({batch_size}) and samples_per_class ({samples_per_class}) must be positive"
-        )
+        raise UserError(f"batch_size ({batch_size}) and samples_per_class ({samples_per_class}) must be positive")
     if batch_size % samples_per_class:
-        raise UserError(
-            f"batch_size ({batch_size}) must be divisible by samples_per_class ({samples_per_class})"
-        )
+        raise UserError(f"batch_size ({batch_size}) must be divisible by samples_per_class ({samples_per_class})")
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"rank ({rank}) must lie in [0, world_size={world_size})")
     if batch_size % world_size:
@@ -112,8 +108,7 @@ class ClassRandomBatchSampler(_GlobalBatchSampler):
         rng = self._generator()
         draws = rng.integers(0, len(self.classes), size=(len(self), self.classes_per_batch))
         offsets = np.floor(
-            rng.random((len(self), self.classes_per_batch, self.samples_per_class))
-            * self.counts[draws][..., None]
+            rng.random((len(self), self.classes_per_batch, self.samples_per_class)) * self.counts[draws][..., None]
         ).astype(np.int64)
         indices = self.order[self.starts[draws][..., None] + offsets]
         return indices.reshape(len(self), self.batch_size)
@@ -198,9 +193,7 @@ class MPerClassBatchSampler(_GlobalBatchSampler):
         elif total < slots:
             extra = self._extra_groups([len(g) for g in groups], slots - total, n_batches, rng)
             groups = [
-                np.concatenate([g, *(self._random_group(k, rng)[None] for _ in range(extra[k]))])
-                if extra[k]
-                else g
+                np.concatenate([g, *(self._random_group(k, rng)[None] for _ in range(extra[k]))]) if extra[k] else g
                 for k, g in enumerate(groups)
             ]
         # Step 4: class-major order, classes shuffled, dealt round-robin.

@@ -65,6 +65,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "build": ("slim", "plump"),
 }
 CLASSES_PER_SCHEME = 4
+MAX_CLASSES = 1000
+"""More classes would exhaust the colour schemes (8 x 7 x 8) and slow down the class design."""
 
 
 @dataclass(frozen=True)
@@ -339,8 +341,8 @@ def _read_parameters(folder: Path) -> dict | None:
 
 
 def _check_parameters(n_classes: int, images_per_class: int, image_size: int) -> None:
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
-        raise UserError(f"synthetic_classes: expected an integer >= 2, got {n_classes!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 2 <= n_classes <= MAX_CLASSES:
+        raise UserError(f"synthetic_classes: expected an integer in [2, {MAX_CLASSES}], got {n_classes!r}")
     if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 2:
         raise UserError(f"synthetic_images_per_class: expected an integer >= 2, got {images_per_class!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
@@ -364,9 +366,7 @@ def generate(target: Path, n_classes: int, images_per_class: int, image_size: in
             pool.map(_render_class, tasks, chunksize=1)
     metadata = {
         "parameters": _parameters(n_classes, images_per_class, image_size, seed),
-        "classes": [
-            {"folder": Path(task[2]).name, **bird.__dict__} for task, bird in zip(tasks, classes)
-        ],
+        "classes": [{"folder": Path(task[2]).name, **bird.__dict__} for task, bird in zip(tasks, classes)],
     }
     with open(target / METADATA_FILE, "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=1)

@@ -315,10 +315,10 @@ def _train(run: Run) -> dict[str, Any]:
             _print_epoch(epoch, row, metrics, improved)
         barrier(run.dist)
     summary = _summary(run)
+    if use_val and state.best_epoch >= 0:
+        summary["test_of_best"] = _test_of_best(run, checkpoints / "best.pt")
     if main:
-        if use_val:
-            summary["test_of_best"] = _test_of_best(run, checkpoints / "best.pt")
-            write_summary(summary, folder / "summary.json")
+        write_summary(summary, folder / "summary.json")
         if cfg.plots and embedded:
             _plot_map(run, embedded, folder / "embedding_map.png")
         if writer is not None:
@@ -327,9 +327,12 @@ def _train(run: Run) -> dict[str, Any]:
 
 
 def _test_of_best(run: Run, best_path: Path) -> dict[str, float]:
-    """With a validation split, the selected model's metrics on the test split (reported, never selected on)."""
-    best = load_checkpoint(best_path, map_location=run.device)
-    run.model.load_state_dict(best["model"])
+    """With a validation split, the selected model's metrics on the test split (reported, never selected on).
+
+    Rank 0 reads best.pt and shares the weights (other machines may not see its disk); every rank evaluates.
+    """
+    weights = load_checkpoint(best_path)["model"] if run.dist.is_main else None
+    run.model.load_state_dict(broadcast_object(weights, run.dist))
     test_metrics, _ = _evaluate(run, use_val=False)
     return test_metrics
 

@@ -8,19 +8,31 @@ Public API::
                                   metrics, *, backend="auto", device=None, ...) -> dict[str, float]
     canonical_metric_name(name) -> str        parse_metric_list(tokens) -> list[str]
     f1_from_assignment(labels, assignment) -> float   nmi_from_assignment(labels, assignment) -> float
+
+The name helpers are imported eagerly (no torch); the rest on first use, so ``eval.py`` can report a bad
+argument without importing torch.
 """
 
-from metrics.clustering import f1_from_assignment, kmeans_assignment, nmi_from_assignment
-from metrics.compute import compute_metrics, compute_query_gallery_metrics, resolve_backend
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from metrics.names import canonical_metric_name, parse_metric_list
 
-__all__ = [
-    "canonical_metric_name",
-    "compute_metrics",
-    "compute_query_gallery_metrics",
-    "f1_from_assignment",
-    "kmeans_assignment",
-    "nmi_from_assignment",
-    "parse_metric_list",
-    "resolve_backend",
-]
+_LAZY = {
+    "compute_metrics": "metrics.compute",
+    "compute_query_gallery_metrics": "metrics.compute",
+    "resolve_backend": "metrics.compute",
+    "f1_from_assignment": "metrics.clustering",
+    "nmi_from_assignment": "metrics.clustering",
+    "kmeans_assignment": "metrics.clustering",
+}
+
+__all__ = ["canonical_metric_name", "parse_metric_list", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'metrics' has no attribute {name!r}")

@@ -160,9 +160,17 @@ def _retrieval(
     stats = KnnStats()
     sums = dict.fromkeys(names, 0.0)
     for start, indices in iter_knn(
-        queries, gallery, k, exclude_self=exclude_self, backend=knn_backend, device=device,
-        candidate_dtype=dtype, stats=stats,
-    ):  # fmt: skip
+        queries,
+        gallery,
+        k,
+        exclude_self=exclude_self,
+        backend=knn_backend,
+        device=device,
+        candidate_dtype=dtype,
+        stats=stats,
+        query_labels=query_labels,
+        gallery_labels=gallery_labels,
+    ):
         rows = slice(start, start + indices.shape[0])
         row_keep = keep[rows]
         hits = gallery_labels[indices.cpu()] == query_labels[rows, None]

@@ -52,17 +52,20 @@ def _gamma(dim: int) -> float:
     return dim * U_FP32 / (1 - dim * U_FP32)
 
 
+def _squared_norms64(x: torch.Tensor) -> torch.Tensor:
+    x64 = x.double()
+    return (x64 * x64).sum(dim=1)
+
+
 class Gallery:
     """The searched set, prepared once: float32 vectors, float64 half squared norms, bound constants."""
 
     def __init__(self, embeddings: torch.Tensor, device: torch.device) -> None:
         self.x32 = embeddings.to(device=device, dtype=torch.float32).contiguous()
         self.size, self.dim = self.x32.shape
-        x64 = self.x32.double()
-        self.h64 = 0.5 * (x64 * x64).sum(dim=1)
-        norms = self.h64.mul(2).sqrt()
-        self.max_norm = float(norms.max()) if self.size else 0.0
+        self.h64 = torch.cat([0.5 * _squared_norms64(part) for part in self._parts(self.x32)])
         self.max_h = float(self.h64.max()) if self.size else 0.0
+        self.max_norm = math.sqrt(2 * self.max_h)
         # all norms (nearly) equal: the -|x|^2/2 term can be dropped from the candidate scores and its spread
         # added to the bound, which avoids a float32 pass over every score strip
         self.h_mean = float(self.h64.mean()) if self.size else 0.0
@@ -72,15 +75,21 @@ class Gallery:
         self.device = device
         self._low: dict[torch.dtype, tuple[torch.Tensor, float, float, torch.Tensor | None]] = {}
 
+    @staticmethod
+    def _parts(x: torch.Tensor, rows: int = 8192) -> list[torch.Tensor]:
+        return list(torch.split(x, rows)) if len(x) else [x]
+
     def low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
         """(padded copy in ``dtype``, max |x~|, max |x~ - x|, float32 half norms padded with +inf or None)."""
         if dtype not in self._low:
             padded_rows = math.ceil(max(self.size, 1) / GROUP) * GROUP
             low = torch.zeros(padded_rows, self.dim, dtype=dtype, device=self.device)
             low[: self.size] = self.x32.to(dtype)
-            rounded = low[: self.size].double()
-            max_low_norm = float(rounded.norm(dim=1).max()) if self.size else 0.0
-            max_error = float((rounded - self.x32.double()).norm(dim=1).max()) if self.size else 0.0
+            max_low_norm, max_error = 0.0, 0.0
+            for part, part_low in zip(self._parts(self.x32), self._parts(low[: self.size])):
+                rounded = part_low.double()
+                max_low_norm = max(max_low_norm, float(_squared_norms64(rounded).max().sqrt()))
+                max_error = max(max_error, float(_squared_norms64(rounded - part.double()).max().sqrt()))
             h32 = None
             if not self.uniform_norms:
                 h32 = torch.full((padded_rows,), math.inf, dtype=torch.float32, device=self.device)
@@ -180,6 +189,27 @@ def torch_candidates(
     return columns, approx, bound * SAFETY + 1e-30
 
 
+def _chains(ordered: torch.Tensor, bound2: torch.Tensor) -> torch.Tensor:
+    """Chain id of every position: neighbours in sorted order closer than 2 E2 share a chain."""
+    breaks = (ordered[:, :-1] - ordered[:, 1:]) > 2 * bound2[:, None]
+    first = torch.zeros(ordered.shape[0], 1, dtype=torch.long, device=ordered.device)
+    return torch.cat([first, torch.cumsum(breaks.long(), dim=1)], dim=1)
+
+
+def _ambiguous(chain: torch.Tensor, hits: torch.Tensor | None) -> torch.Tensor:
+    """Positions whose order must be settled in float64: members of chains of 2+ items, or, when ``hits``
+    is given, of chains that mix relevant and irrelevant items (the order inside a uniform chain changes
+    no retrieval metric)."""
+    ones = torch.ones_like(chain, dtype=torch.float32)
+    if hits is None:
+        sizes = torch.zeros_like(ones).scatter_add_(1, chain, ones)
+        return sizes.gather(1, chain) >= 2
+    hit_f = hits.float()
+    has_hit = torch.zeros_like(ones).scatter_reduce_(1, chain, hit_f, "amax")
+    has_miss = torch.zeros_like(ones).scatter_reduce_(1, chain, 1 - hit_f, "amax")
+    return (has_hit * has_miss).gather(1, chain) > 0
+
+
 def refine(
     queries: torch.Tensor,
     candidates: torch.Tensor,
@@ -190,64 +220,79 @@ def refine(
     gallery: Gallery,
     complete: bool,
     stats: KnnStats,
+    *,
+    rescore: bool,
+    relevance: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of every row from its candidates: (indices (n, k), certified (n,) bool).
 
     ``approx`` are the candidates' approximate scores, ``bound`` the per-row bound E on their error and
-    ``tau`` the score below which (up to E) every left-out item lies. Every true top-k item has an
-    approximate score >= floor = (k-th approximate score) - 2E, so a row is certified when tau < floor, and
-    only its candidates above the floor are re-scored. ``complete``: nothing was left out.
+    ``tau`` the best approximate score a left-out item can have. Every true top-k item has an approximate
+    score >= floor = (k-th approximate score) - 2E, so only candidates above the floor are kept; a row is
+    certified when no left-out item can beat the k-th kept one. ``rescore``: recompute the kept candidates
+    in float32 first (bf16 candidates); otherwise ``approx`` already has float32 accuracy.
+    Near-ties (chains of sorted scores closer than 2 E2) are settled with float64 scores, only for the
+    chains that matter: all of them, or with ``relevance`` = (query labels, gallery labels) only those
+    that mix hits and misses. ``complete``: nothing was left out.
     """
     approx, order = torch.sort(approx, dim=1, descending=True)
     candidates = candidates.gather(1, order)
     floor = approx[:, k - 1] - 2 * bound
-    certified = tau < floor
+    needed = (approx >= floor[:, None]).sum(dim=1)
+    width = candidates.shape[1] if complete else max(int(needed.max()), k)
+    candidates = candidates[:, :width]
+    if rescore:
+        vectors = gallery.x32[candidates]
+        dots = torch.bmm(vectors, queries[:, :, None].float())[:, :, 0]
+        scores = dots.double() - gallery.h64[candidates]
+        q_norm = queries.double().norm(dim=1)
+        bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm
+        bound2 = bound2 + 1e-12 * (q_norm * gallery.max_norm + gallery.max_h)
+        ordered, order = torch.sort(scores, dim=1, descending=True)
+        candidates = candidates.gather(1, order)
+    else:
+        ordered, bound2 = approx[:, :width], bound
+    # the k-th re-scored candidate bounds the k-th score overall from below
+    certified = (tau < floor) | (ordered[:, k - 1] - bound2 - bound > tau)
     if complete:
         certified = torch.ones_like(certified)
-    needed = (approx >= floor[:, None]).sum(dim=1)
-    if complete:
-        needed[:] = candidates.shape[1]
-    width = int(needed[certified].max()) if bool(certified.any()) else k
-    candidates = candidates[:, : max(width, k)]
 
-    vectors = gallery.x32[candidates]
-    dots = torch.bmm(vectors, queries[:, :, None].float())[:, :, 0]
-    scores = dots.double() - gallery.h64[candidates]
-    q_norm = queries.double().norm(dim=1)
-    bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm + 1e-12 * (
-        q_norm * gallery.max_norm + gallery.max_h
-    )
-    ordered, order = torch.sort(scores, dim=1, descending=True)
-    limit = min(k + 1, ordered.shape[1])
-    gaps = ordered[:, : limit - 1] - ordered[:, 1:limit]
-    near_tie = (gaps <= 2 * bound2[:, None]).any(dim=1)
-    indices = candidates.gather(1, order)[:, :k]
-    redo = torch.nonzero(certified & near_tie)[:, 0]
-    if len(redo):
-        stats.float64_order_rows += len(redo)
-        exact = exact_scores64(queries[redo], candidates[redo], gallery)
-        indices[redo] = _stable_order(exact, candidates[redo])[:, :k]
-    return indices, certified
+    chain = _chains(ordered, bound2)
+    hits = None
+    if relevance is not None:
+        hits = relevance[1][candidates] == relevance[0][:, None]
+    ambiguous = _ambiguous(chain, hits) & certified[:, None]
+    rows, cols = torch.nonzero(ambiguous, as_tuple=True)
+    if len(rows):
+        stats.float64_order_rows += int(torch.unique(rows).numel())
+        picked = candidates[rows, cols]
+        exact = (gallery.x32[picked].double() * queries[rows].double()).sum(dim=-1) - gallery.h64[picked]
+        ordered = ordered.clone()
+        ordered[rows, cols] = exact  # within E2 of the float32 value: order against other chains is kept
+        candidates = _stable_order(ordered, candidates)
+    return candidates[:, :k], certified
 
 
 def full_exact_rows(
-    queries: torch.Tensor, self_columns: torch.Tensor | None, k: int, gallery: Gallery, chunk: int = 4096
+    queries: torch.Tensor, self_columns: torch.Tensor | None, k: int, gallery: Gallery, chunk: int = 2048
 ) -> torch.Tensor:
-    """Reference search: float64 scores against the whole gallery, stable sort (slow; small inputs/rows)."""
+    """Reference search: float64 scores against the whole gallery, stable sort (for rows that fail twice)."""
+    rows_per_block = max(1, 2**22 // max(chunk * gallery.dim, 1))
     out = []
-    for row in range(queries.shape[0]):
+    for first in range(0, queries.shape[0], rows_per_block):
+        block = queries[first : first + rows_per_block]
         parts = []
         for start in range(0, gallery.size, chunk):
             cols = torch.arange(start, min(start + chunk, gallery.size), device=gallery.device)
-            parts.append(exact_scores64(queries[row : row + 1], cols[None, :], gallery)[0])
-        scores = torch.cat(parts)
+            parts.append(exact_scores64(block, cols[None, :].expand(block.shape[0], -1), gallery))
+        scores = torch.cat(parts, dim=1)
         if self_columns is not None:
-            scores[self_columns[row]] = -math.inf
-        order = torch.sort(scores, descending=True, stable=True).indices
-        out.append(order[:k])
+            rows = torch.arange(block.shape[0], device=gallery.device)
+            scores[rows, self_columns[first : first + rows_per_block]] = -math.inf
+        out.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k])
     if not out:
         return torch.empty(0, k, dtype=torch.long, device=gallery.device)
-    return torch.stack(out)
+    return torch.cat(out)
 
 
 def _faiss_candidates(
@@ -297,12 +342,16 @@ def iter_knn(
     margin: int | None = None,
     chunk: int | None = None,
     stats: KnnStats | None = None,
+    query_labels: torch.Tensor | None = None,
+    gallery_labels: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_row, indices)`` per chunk of queries: the exact k nearest gallery items of each row.
 
     ``exclude_self``: queries and gallery are the same set and row i never returns item i.
     ``backend``: "torch" (candidate stage in ``candidate_dtype`` on ``device``) or "faiss".
-    ``k`` must not exceed the number of eligible items.
+    ``k`` must not exceed the number of eligible items. With ``query_labels``/``gallery_labels``, the order
+    inside a group of near-tied neighbours that are all relevant or all irrelevant is left in float32
+    order (no retrieval metric can see it); everything else is exact.
     """
     stats = stats if stats is not None else KnnStats()
     gallery = Gallery(gallery_embeddings, device)
@@ -313,6 +362,10 @@ def iter_knn(
     count = min(k + margin, eligible)
     complete = count == eligible
     chunk = chunk or _default_chunk(gallery.size, count, gallery.dim)
+    if k > 64:  # the bf16 error band would hold too many items around a deep k-th neighbour
+        candidate_dtype = torch.float32
+    if gallery_labels is not None:
+        gallery_labels = gallery_labels.to(device)
     index = None
     if backend == "faiss":
         import faiss
@@ -333,7 +386,13 @@ def iter_knn(
         else:
             cand, approx, bound = torch_candidates(q, self_cols, gallery, count, candidate_dtype)
             tau = approx.min(dim=1).values
-        indices, certified = refine(q, cand, approx, tau, bound, k, gallery, complete, stats)
+        relevance = None
+        if gallery_labels is not None and query_labels is not None:
+            relevance = (query_labels[start : start + q.shape[0]].to(device), gallery_labels)
+        rescore = index is None and candidate_dtype != torch.float32
+        indices, certified = refine(
+            q, cand, approx, tau, bound, k, gallery, complete, stats, rescore=rescore, relevance=relevance
+        )
         failed = torch.nonzero(~certified)[:, 0]
         if len(failed):
             stats.fp32_retry_rows += len(failed)
@@ -341,8 +400,19 @@ def iter_knn(
             sub_self = self_cols[failed] if self_cols is not None else None
             cand, approx, bound = torch_candidates(q[failed], sub_self, gallery, retry_count, torch.float32)
             tau = approx.min(dim=1).values
+            sub_rel = (relevance[0][failed], relevance[1]) if relevance is not None else None
             sub_idx, sub_ok = refine(
-                q[failed], cand, approx, tau, bound, k, gallery, retry_count == eligible, stats
+                q[failed],
+                cand,
+                approx,
+                tau,
+                bound,
+                k,
+                gallery,
+                retry_count == eligible,
+                stats,
+                rescore=False,
+                relevance=sub_rel,
             )
             indices[failed] = sub_idx
             still = torch.nonzero(~sub_ok)[:, 0]

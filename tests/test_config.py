@@ -60,7 +60,7 @@ def test_list_values_on_the_command_line():
         ({"epochs": 0}, "key 'epochs' must be at least 1"),
         ({"val_classes": 1.0}, "key 'val_classes' must be a fraction"),
         ({"evaluation_metrics": ["recall@1", "accuracy"]}, "accuracy"),
-        ({"best_metric": "nmi"}, "key 'best_metric' (nmi) must be one of evaluation_metrics"),
+        ({"best_metric": "map@1000"}, "key 'best_metric' (map@1000) must be one of evaluation_metrics"),
     ],
 )
 def test_bad_values_name_the_key(values, message):

@@ -107,7 +107,15 @@ def write_cars_devkit(folder: Path, class_ids: list[int]) -> None:
     for i, class_id in enumerate(class_ids):
         relative = f"car_ims/{i + 1:06d}.jpg"
         write_jpeg(folder / relative)
-        annotations[0, i] = (relative, np.uint8(1), np.uint8(2), np.uint8(30), np.uint8(20), np.uint8(class_id), np.uint8(i % 2))
+        annotations[0, i] = (
+            relative,
+            np.uint8(1),
+            np.uint8(2),
+            np.uint8(30),
+            np.uint8(20),
+            np.uint8(class_id),
+            np.uint8(i % 2),
+        )
     class_names = np.array([[f"Make Model {k}" for k in range(1, 197)]], dtype=object)
     scipy.io.savemat(str(folder / "cars_annos.mat"), {"annotations": annotations, "class_names": class_names})
 
@@ -127,7 +135,9 @@ def test_cars_devkit_missing_image_and_missing_layout(tmp_path: Path) -> None:
     folder = tmp_path / "cars196"
     write_cars_devkit(folder, [1, 2, 100, 101])
     (folder / "car_ims" / "000003.jpg").unlink()
-    with pytest.raises(UserError, match=r"cars196: 1 image\(s\) listed in .*cars_annos.mat are missing, e.g. .*000003.jpg"):
+    with pytest.raises(
+        UserError, match=r"cars196: 1 image\(s\) listed in .*cars_annos.mat are missing, e.g. .*000003.jpg"
+    ):
         load_cars196(folder)
     (folder / "cars_annos.mat").unlink()
     with pytest.raises(UserError, match=r"cars196: expected class folders under .*images or the devkit form"):
@@ -152,7 +162,12 @@ def write_sop(folder: Path, official: bool) -> None:
     info = folder if official else folder / "Info_Files"
     images = folder if official else folder / "images"
     info.mkdir(parents=True, exist_ok=True)
-    train = [(1, 5, "bicycle_final/111_0.JPG"), (2, 5, "bicycle_final/111_1.JPG"), (3, 2, "chair_final/222_0.JPG"), (4, 9, "chair_final/333_0.JPG")]
+    train = [
+        (1, 5, "bicycle_final/111_0.JPG"),
+        (2, 5, "bicycle_final/111_1.JPG"),
+        (3, 2, "chair_final/222_0.JPG"),
+        (4, 9, "chair_final/333_0.JPG"),
+    ]
     test = [(5, 12, "kettle_final/444_0.JPG"), (6, 11, "kettle_final/555_0.JPG"), (7, 12, "kettle_final/444_1.JPG")]
     for name, rows in (("Ebay_train.txt", train), ("Ebay_test.txt", test)):
         lines = [f"{i} {c} {c % 3 + 1} {p}\n" for i, c, p in rows]
@@ -178,7 +193,9 @@ def test_sop_missing_annotation_and_bad_header(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="online_products: annotation file Ebay_test.txt not found in .*Info_Files"):
         load_online_products(folder)
     (folder / "Info_Files" / "Ebay_test.txt").write_text("id class path\n1 2 x.jpg\n")
-    with pytest.raises(UserError, match="Ebay_test.txt must start with the header line 'image_id class_id super_class_id path'"):
+    with pytest.raises(
+        UserError, match="Ebay_test.txt must start with the header line 'image_id class_id super_class_id path'"
+    ):
         load_online_products(folder)
 
 
@@ -198,9 +215,16 @@ def write_inshop(folder: Path, rows: list[tuple[str, str]], count: int | None = 
 
 
 INSHOP_ROWS = [
-    ("id_00000005", "train"), ("id_00000002", "train"), ("id_00000005", "train"),
-    ("id_00000012", "query"), ("id_00000007", "query"), ("id_00000009", "query"),
-    ("id_00000009", "gallery"), ("id_00000012", "gallery"), ("id_00000007", "gallery"), ("id_00000007", "gallery"),
+    ("id_00000005", "train"),
+    ("id_00000002", "train"),
+    ("id_00000005", "train"),
+    ("id_00000012", "query"),
+    ("id_00000007", "query"),
+    ("id_00000009", "query"),
+    ("id_00000009", "gallery"),
+    ("id_00000012", "gallery"),
+    ("id_00000007", "gallery"),
+    ("id_00000007", "gallery"),
 ]
 
 
@@ -216,14 +240,21 @@ def test_inshop_splits_and_shared_query_gallery_labels(tmp_path: Path) -> None:
 def test_inshop_query_gallery_item_mismatch(tmp_path: Path) -> None:
     rows = [r for r in INSHOP_ROWS if r != ("id_00000009", "gallery")]
     write_inshop(tmp_path / "inshop", rows)
-    with pytest.raises(UserError, match=r"query and gallery of .* must hold the same items; 1 items are only in query and 0 only in gallery \(e.g. item 9\)"):
+    with pytest.raises(
+        UserError,
+        match=r"query and gallery of .* must hold the same items; 1 items are only in query and "
+        r"0 only in gallery \(e.g. item 9\)",
+    ):
         load_inshop(tmp_path / "inshop")
 
 
 def test_inshop_format_errors(tmp_path: Path) -> None:
     folder = tmp_path / "inshop"
     folder.mkdir()
-    with pytest.raises(UserError, match=r"inshop: partition file .*list_eval_partition.txt \(or .*Eval/list_eval_partition.txt\) not found"):
+    with pytest.raises(
+        UserError,
+        match=r"inshop: partition file .*list_eval_partition.txt \(or .*Eval/list_eval_partition.txt\) not found",
+    ):
         load_inshop(folder)
     write_inshop(folder, INSHOP_ROWS, count=99)
     with pytest.raises(UserError, match="announces 99 entries on line 1 but lists 10"):
@@ -272,7 +303,9 @@ def test_build_datasets_inshop_describe(tmp_path: Path) -> None:
 
 
 def test_build_datasets_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="dataset: unknown name 'cub'; valid: cub200, cars196, online_products, inshop, synthetic"):
+    with pytest.raises(
+        UserError, match="dataset: unknown name 'cub'; valid: cub200, cars196, online_products, inshop, synthetic"
+    ):
         build_datasets(config(tmp_path, "cub"))
     with pytest.raises(UserError) as error:
         build_datasets(config(tmp_path, "cars196"))

@@ -45,8 +45,15 @@ def test_layout_and_splits(tmp_path: Path) -> None:
     metadata = json.loads((folder / "synthetic.json").read_text())
     assert metadata["parameters"]["n_classes"] == 6 and len(metadata["classes"]) == 6
     cfg = SimpleNamespace(
-        dataset="synthetic", source_path=str(tmp_path), augmentation="base", resolution=32, val_classes=0.0,
-        seed=0, synthetic_classes=6, synthetic_images_per_class=3, synthetic_image_size=40,
+        dataset="synthetic",
+        source_path=str(tmp_path),
+        augmentation="base",
+        resolution=32,
+        val_classes=0.0,
+        seed=0,
+        synthetic_classes=6,
+        synthetic_images_per_class=3,
+        synthetic_image_size=40,
     )
     splits = build_datasets(cfg)
     assert describe(splits, "synthetic")["splits"] == {
@@ -104,7 +111,7 @@ def test_foreign_folder_is_never_deleted(tmp_path: Path) -> None:
 
 
 def test_bad_parameters() -> None:
-    with pytest.raises(UserError, match="synthetic_classes: expected an integer >= 2, got 1"):
+    with pytest.raises(UserError, match=r"synthetic_classes: expected an integer in \[2, 1000\], got 1"):
         ensure_synthetic(Path("/nonexistent"), n_classes=1, images_per_class=3, image_size=32, seed=0)
     with pytest.raises(UserError, match="synthetic_image_size"):
         ensure_synthetic(Path("/nonexistent"), n_classes=4, images_per_class=3, image_size=8, seed=0)

@@ -10,3 +10,11 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    last = lines[-1]
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last

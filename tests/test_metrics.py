@@ -1,0 +1,215 @@
+"""Metric definitions, pml parity, backend agreement, exactness of the bf16 candidate path, names."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metrics import (
+    canonical_metric_name,
+    compute_metrics,
+    compute_query_gallery_metrics,
+    f1_from_assignment,
+    parse_metric_list,
+    retrieval,
+)
+from metrics.knn import Gallery, KnnStats, full_exact_rows, iter_knn
+from utilities.errors import UserError
+
+THREE = ["recall@1", "r_precision", "map@r"]
+ALL_RETRIEVAL = ["recall@1", "recall@3", "recall@10", "r_precision", "map@r", "map@r_legacy", "map@20"]
+
+
+def _tied_set(seed: int, n: int = 240, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Quantised embeddings (many exact distance ties), exact duplicates across classes, singletons."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 40, size=n)
+    labels[:5] = 1000 + np.arange(5)  # five singleton classes
+    x = np.round(rng.standard_normal((n, dim)) * 1.5) / 2
+    x[10:20] = x[30:40]  # duplicates, different labels in general
+    x[50:55] = x[50]  # a block of 5 identical points
+    return x.astype(np.float32), labels.astype(np.int64)
+
+
+def _pml(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+    )
+    res = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    return {
+        "recall@1": res["precision_at_1"],
+        "r_precision": res["r_precision"],
+        "map@r": res["mean_average_precision_at_r"],
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parity_with_pml_on_ties_duplicates_and_singletons(seed: int) -> None:
+    x, y = _tied_set(seed)
+    ours, info = compute_metrics(x, y, THREE, backend="torch", return_info=True)
+    theirs = _pml(x, y)
+    for name in THREE:
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-12), name
+    singletons = int((np.bincount(y)[y] == 1).sum())
+    assert info["excluded_queries"] == singletons >= 5
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_backends_agree_exactly(seed: int) -> None:
+    x, y = _tied_set(seed)
+    torch_values = compute_metrics(x, y, ALL_RETRIEVAL, backend="torch")
+    faiss_values = compute_metrics(x, y, ALL_RETRIEVAL, backend="faiss")
+    assert torch_values == faiss_values
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((300, 16)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    labels = rng.integers(0, 30, size=300)
+    assert compute_metrics(z, labels, ALL_RETRIEVAL, backend="torch") == compute_metrics(
+        z, labels, ALL_RETRIEVAL, backend="faiss"
+    )
+
+
+def _reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Independent brute force: float64 squared distances, self removed, order (distance, index)."""
+    data = x.double().numpy()
+    out = []
+    for start in range(0, len(data), 64):
+        block = data[start : start + 64]
+        dist = ((block[:, None, :] - data[None, :, :]) ** 2).sum(axis=-1)
+        dist[np.arange(len(block)), start + np.arange(len(block))] = np.inf
+        out.append(np.argsort(dist, axis=1, kind="stable")[:, :k])
+    return torch.from_numpy(np.concatenate(out))
+
+
+def test_float64_fallback_search_equals_reference() -> None:
+    x = torch.from_numpy(np.round(np.random.default_rng(4).standard_normal((300, 5)) * 2).astype(np.float32))
+    found = full_exact_rows(x, torch.arange(300), 9, Gallery(x, torch.device("cpu")), chunk=64)
+    assert torch.equal(found, _reference(x, 9))
+
+
+def _search(x: torch.Tensor, k: int, **kwargs: object) -> tuple[torch.Tensor, KnnStats]:
+    stats = KnnStats()
+    parts = [idx for _, idx in iter_knn(x, x, k, exclude_self=True, device=torch.device("cpu"), stats=stats, **kwargs)]  # type: ignore[arg-type]
+    return torch.cat(parts), stats
+
+
+def test_bf16_candidate_path_equals_exact_search_on_separated_data() -> None:
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((1600, 32)).astype(np.float32))
+    x = torch.nn.functional.normalize(x, dim=1)
+    # group top-k path (1600 columns >= 4 * 32 * (k + margin)) and several chunks
+    found, stats = _search(x, 5, backend="torch", candidate_dtype=torch.bfloat16, margin=7, chunk=300)
+    assert torch.equal(found, _reference(x, 5))
+    assert stats.rows == 1600 and stats.fp32_retry_rows < 1600  # most rows certified by the bf16 stage
+
+
+def test_bf16_candidate_path_is_exact_on_adversarial_near_ties() -> None:
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((40, 24)).astype(np.float32)
+    # clusters of points that differ by far less than the bf16 error, plus exact duplicates
+    x = np.repeat(base, 15, axis=0) + 1e-5 * rng.standard_normal((600, 24)).astype(np.float32)
+    x[::7] = x[3]
+    xt = torch.from_numpy(x)
+    for margin in (1, 4):
+        found, stats = _search(xt, 12, backend="torch", candidate_dtype=torch.bfloat16, margin=margin, chunk=128)
+        assert torch.equal(found, _reference(xt, 12))
+        assert stats.fp32_retry_rows > 0 and stats.full_rows > 0  # the fallbacks were exercised
+    found, _ = _search(xt, 12, backend="faiss", margin=2, chunk=256)
+    assert torch.equal(found, _reference(xt, 12))
+
+
+def test_self_is_excluded_by_index_not_by_position() -> None:
+    # items 0 and 1 are identical but of different classes; item 2 is item 0's class further away
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.1]], dtype=np.float32)
+    y = np.array([0, 1, 0, 1])
+    for backend in ("torch", "faiss"):
+        values = compute_metrics(x, y, ["recall@1", "recall@2"], backend=backend)
+        # query 0: nearest other item is 1 (wrong class); dropping "the first neighbour" would keep itself
+        assert values == {"recall@1": 0.0, "recall@2": 0.5}
+
+
+def test_retrieval_worked_example() -> None:
+    hits = torch.tensor([[True, False, True, False]])
+    relevant = torch.tensor([2])
+    assert retrieval.recall_at_k(hits, 1).item() == 1.0
+    assert retrieval.r_precision(hits, relevant).item() == 0.5
+    assert retrieval.map_at_r(hits, relevant).item() == 0.5
+    assert retrieval.map_at_r_legacy(hits, relevant).item() == pytest.approx((1 + 2 / 3) / 3)
+    assert retrieval.map_at_k(hits, relevant, 4).item() == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_perfect_ranking_scores_one_except_legacy() -> None:
+    x = np.array([[0.0], [0.01], [0.02], [0.03], [5.0], [5.01]], dtype=np.float32)
+    y = np.array([0, 0, 0, 0, 1, 1])
+    values = compute_metrics(x, y, ["map@r", "r_precision", "map@r_legacy", "map@1000", "recall@1"])
+    assert values["map@r"] == values["r_precision"] == values["map@1000"] == values["recall@1"] == 1.0
+    assert values["map@r_legacy"] == pytest.approx((4 * 3 / 4 + 2 * 1 / 2) / 6)  # (f - 1) / f per query
+
+
+def test_f1_worked_example() -> None:
+    assert f1_from_assignment(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])) == pytest.approx(0.4)
+
+
+def test_clustering_metrics_on_separable_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 8)) * 10
+    x = (np.repeat(centres, 10, axis=0) + 0.01 * rng.standard_normal((40, 8))).astype(np.float32)
+    y = np.repeat(np.arange(4), 10)
+    for backend in ("faiss", "torch"):
+        values = compute_metrics(x, y, ["nmi", "f1"], backend=backend)
+        assert values["nmi"] > 0.8 and values["f1"] > 0.6, backend
+
+
+def test_query_gallery_hand_example() -> None:
+    queries = np.array([[0.0], [10.0], [20.0]], dtype=np.float32)
+    query_labels = np.array([0, 1, 7])  # class 7 has no gallery item: excluded
+    gallery = np.array([[1.0], [2.0], [9.0], [3.0], [11.5]], dtype=np.float32)
+    gallery_labels = np.array([1, 0, 1, 0, 1])
+    values, info = compute_query_gallery_metrics(
+        queries, query_labels, gallery, gallery_labels, ["recall@1", "recall@2", "map@r"], return_info=True
+    )
+    # query 0 ranks [1(cls1), 2(cls0), 3(cls0), 9, 11.5]: R = 2, AP@R = (1/2)(1/2) = 0.25
+    # query 1 ranks [9(cls1), 11.5(cls1), 3, 2, 1(cls1)]: R = 3, AP@R = (1/3)(1 + 1) = 2/3
+    assert values["recall@1"] == 0.5 and values["recall@2"] == 1.0
+    assert values["map@r"] == pytest.approx((0.25 + 2 / 3) / 2)
+    assert info["excluded_queries"] == 1
+
+
+def test_alias_names() -> None:
+    assert canonical_metric_name("e_recall@4") == "recall@4"
+    assert canonical_metric_name("c_recall@16") == "recall@16"
+    assert canonical_metric_name("mAP_R") == "map@r_legacy"
+    assert canonical_metric_name("mAP_1000") == "map@1000"
+    assert canonical_metric_name("map@r") == "map@r"
+    for bad in ("recall", "recall@0", "mAP@R", "accuracy"):
+        with pytest.raises(UserError, match="metric"):
+            canonical_metric_name(bad)
+
+
+def test_bracketed_and_plain_metric_lists() -> None:
+    expected = ["recall@1", "recall@2", "map@r_legacy"]
+    assert parse_metric_list(["['e_recall@1',", "'e_recall@2',", "'mAP_R']"]) == expected
+    assert parse_metric_list(["['e_recall@1', 'e_recall@2', 'mAP_R']"]) == expected
+    assert parse_metric_list(["recall@1", "recall@2", "mAP_R", "e_recall@1"]) == expected
+
+
+def test_bad_inputs_raise_user_errors() -> None:
+    x = np.zeros((4, 3), dtype=np.float32)
+    y = np.array([0, 0, 1, 1])
+    x_nan = x.copy()
+    x_nan[2, 1] = math.nan
+    with pytest.raises(UserError, match="NaN"):
+        compute_metrics(x_nan, y, ["recall@1"])
+    with pytest.raises(UserError, match="labels"):
+        compute_metrics(x, y[:3], ["recall@1"])
+    with pytest.raises(UserError, match="unknown metric"):
+        compute_metrics(x, y, ["recal@1"])
+    with pytest.raises(UserError, match="backend"):
+        compute_metrics(x, y, ["recall@1"], backend="gpu")

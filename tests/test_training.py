@@ -1,0 +1,161 @@
+"""End-to-end training on a tiny synthetic benchmark: run files, learning, eval.py parity, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.trainer
+import main as main_module
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(tmp: Path, name: str, epochs: int = 3) -> list[str]:
+    return [
+        "--dataset", "synthetic", "--source_path", str(tmp / "data"), "--save_path", str(tmp / "runs"),
+        "--save_name", name, "--synthetic_classes", "8", "--synthetic_images_per_class", "12",
+        "--synthetic_image_size", "32", "--arch", "test_resnet", "--pretrained", "false", "--frozen_bn", "false",
+        "--resolution", "32", "--batch_size", "16", "--iterations_per_epoch", "4", "--epochs", str(epochs),
+        "--kernels", "0", "--device", "cpu", "--embed_dim", "32", "--lr", "0.003", "--warmup", "0",
+        "--d_warmup", "1", "--pos_class_mix", "true", "--domain_hidden", "32", "--class_hidden1", "32",
+        "--class_hidden2", "16", "--domain_out_bn", "true", "--class_out_bn", "true",
+        "--evaluation_metrics", "recall@1", "recall@2", "map@r", "nmi", "f1", "--eval_batch_size", "64",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    assert main_module.main(tiny_args(tmp, "full")) == 0
+    return tmp
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_writes_every_file_and_learns(tiny_run: Path):
+    folder = tiny_run / "runs" / "synthetic" / "full"
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+        "embedding_map.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (folder / name).is_file(), name
+    rows = read_rows(folder / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [-1, 0, 1, 2]
+    assert rows[1]["generator_loss"] == "" and float(rows[2]["generator_loss"]) < 0  # epoch 0: D only
+    for key in (
+        "discriminator_loss",
+        "proxy_loss",
+        "lr_backbone",
+        "lr_proxy",
+        "lr_discriminator",
+        "time",
+        "skipped_updates",
+        "recall@1",
+        "map@r",
+    ):
+        assert key in rows[-1]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary) >= {"initial", "last", "best", "best_epoch", "epochs_completed"}
+    assert summary["epochs_completed"] == 3
+    assert summary["best"]["recall@1"] > summary["initial"]["recall@1"]
+    # checkpoints hold only tensors and plain values
+    last = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and set(last["optimizers"]) == {"backbone", "proxy", "discriminator"}
+    best = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == summary["best_epoch"] + 1
+
+
+def test_eval_py_on_best_checkpoint_reproduces_the_summary(tiny_run: Path, tmp_path: Path):
+    folder = tiny_run / "runs" / "synthetic" / "full"
+    output = tmp_path / "metrics.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), "--checkpoint", str(folder / "checkpoints" / "best.pt"),
+         "--output", str(output), "--save_embeddings", str(tmp_path / "emb.npz")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    best = json.loads((folder / "summary.json").read_text())["best"]
+    values = json.loads(output.read_text())
+    for key, value in best.items():
+        assert values[key] == pytest.approx(value, abs=1e-6), key
+    # the stored embeddings give the same numbers without a model
+    again = subprocess.run(
+        [sys.executable, str(REPO / "eval.py"), "--embeddings", str(tmp_path / "emb.npz"),
+         "--evaluation_metrics", "recall@1", "map@r", "--output", str(tmp_path / "again.json")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    stored = json.loads((tmp_path / "again.json").read_text())
+    assert stored["recall@1"] == pytest.approx(best["recall@1"], abs=1e-6)
+
+
+def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monkeypatch):
+    reference = tiny_run / "runs" / "synthetic" / "full"
+    original = engine.trainer._print_epoch
+
+    def interrupt_after_epoch_1(epoch, *args):
+        original(epoch, *args)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.trainer, "_print_epoch", interrupt_after_epoch_1)
+    assert main_module.main(tiny_args(tiny_run, "interrupted")) == 130
+    monkeypatch.setattr(engine.trainer, "_print_epoch", original)
+    folder = tiny_run / "runs" / "synthetic" / "interrupted"
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    assert main_module.main(["--resume", str(folder)]) == 0
+
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+    assert without_time(read_rows(folder / "metrics.csv")) == without_time(read_rows(reference / "metrics.csv"))
+    resumed = json.loads((folder / "summary.json").read_text())
+    uninterrupted = json.loads((reference / "summary.json").read_text())
+    assert resumed == uninterrupted
+    a = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    for part in ("model", "criterion"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+
+
+def test_a_second_run_with_the_same_name_gets_a_new_folder(tiny_run: Path):
+    assert main_module.main([*tiny_args(tiny_run, "full", epochs=1), "--plots", "false"]) == 0
+    assert (tiny_run / "runs" / "synthetic" / "full_1" / "summary.json").is_file()
+    assert (tiny_run / "runs" / "synthetic" / "full" / "summary.json").is_file()
+
+
+def test_dry_run_prints_the_split_summary(tiny_run: Path, capsys):
+    assert main_module.main([*tiny_args(tiny_run, "dry"), "--dry_run", "--check_images"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {
+        "dataset": "synthetic",
+        "splits": {"train": {"classes": 4, "images": 48}, "test": {"classes": 4, "images": 48}},
+    }
+
+
+def test_wrong_checkpoints_exit_2(tmp_path: Path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    for path in ("other.pt", "garbage.pt", "missing.pt"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "eval.py"), "--checkpoint", str(tmp_path / path)],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and path in result.stderr
