@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from utilities.errors import EXIT_USER_ERROR, UserError
+from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 DEFAULT_QUERY_GALLERY_METRICS = [
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics=metric_names,
                 backend=args.eval_backend,
                 save_embeddings=args.save_embeddings,
-                device=args.device or "cpu",
+                device=args.device or "auto",
             )
         print(format_table(values))
         if args.output:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(values, indent=1) + "\n")
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
 

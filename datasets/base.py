@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from utilities.errors import UserError
@@ -49,11 +50,43 @@ def load_rgb(path: str) -> Image.Image:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def load_rgb_uint8(path: str) -> torch.Tensor:
+    """Decode an image to a 3 x H x W uint8 RGB tensor: JPEGs with torchvision (libjpeg-turbo, the same
+    pixels as PIL's decoder, ~1.3x faster), anything else through `load_rgb`.
+
+    A JPEG that torchvision refuses (truncated, corrupt, an unusual colour space) is handed to PIL, which
+    either decodes it like the `pil` path or raises the `UserError` naming the file.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+    if data[:3] == JPEG_MAGIC:
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass
+    image = load_rgb(path)
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+IMAGE_LOADERS: dict[str, Callable[[str], Any]] = {"pil": load_rgb, "torchvision": load_rgb_uint8}
+"""How `ImageDataset` decodes a file, by the `decoder` its transform declares (PIL image or uint8 tensor)."""
+
+
 class ImageDataset:
     """Map-style dataset over image files: item i is `(transform(image_i), label_i, i)`.
 
     The index is returned so that the training loop and the evaluation can refer back to `paths[i]`.
-    `transform` may be replaced after construction (e.g. an evaluation pass over the training images).
+    `transform` may be replaced after construction (e.g. an evaluation pass over the training images). Its
+    `decoder` attribute (see `datasets.transforms.ImagePipeline`) selects the image loader: `pil` (a PIL
+    image, also for transforms without the attribute) or `torchvision` (a uint8 tensor).
     """
 
     def __init__(
@@ -77,7 +110,8 @@ class ImageDataset:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        image = load_rgb(self.paths[index])
+        loader = IMAGE_LOADERS.get(getattr(self.transform, "decoder", "pil"), load_rgb)
+        image = loader(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index]), int(index)

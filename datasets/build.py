@@ -50,16 +50,17 @@ def _check_val_fraction(value: Any) -> float:
 def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
     """Splits of `cfg.dataset` under `cfg.source_path`: train (training transform) and the others (eval).
 
-    Reads `dataset`, `source_path`, `augmentation`, `resolution`, `val_classes`, and for the synthetic
-    benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`. Returns
+    Reads `dataset`, `source_path`, `augmentation`, `image_decoder`, `resolution`, `val_classes`, and for the
+    synthetic benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`. Returns
     {"train", "test"} ({"train", "query", "gallery"} for In-Shop), plus "val" when `val_classes > 0`.
     """
     name = cfg.dataset
     if name not in DATASETS:
         raise UserError(f"dataset: unknown name {name!r}; valid: {', '.join(DATASETS)}")
     val_fraction = _check_val_fraction(cfg.val_classes)
-    train_transform = build_transform(cfg.augmentation, True, cfg.resolution, normalization)
-    eval_transform = build_transform(cfg.augmentation, False, cfg.resolution, normalization)
+    decoder = getattr(cfg, "image_decoder", "torchvision")
+    train_transform = build_transform(cfg.augmentation, True, cfg.resolution, normalization, decoder)
+    eval_transform = build_transform(cfg.augmentation, False, cfg.resolution, normalization, decoder)
     root = Path(cfg.source_path)
     if name == "synthetic":
         folder = ensure_synthetic(

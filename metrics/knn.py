@@ -34,7 +34,7 @@ import torch
 U_FP32 = 2.0**-24
 U_BF16 = 2.0**-8
 U_TF32 = 2.0**-11
-GROUP = 32  # columns per group of the two-stage top-k
+PAD = 32  # the low-precision gallery copy is padded to a multiple of this many rows
 SAFETY = 1.05  # multiplicative slack on every error bound
 
 
@@ -82,7 +82,7 @@ class Gallery:
     def low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
         """(padded copy in ``dtype``, max |x~|, max |x~ - x|, float32 half norms padded with +inf or None)."""
         if dtype not in self._low:
-            padded_rows = math.ceil(max(self.size, 1) / GROUP) * GROUP
+            padded_rows = math.ceil(max(self.size, 1) / PAD) * PAD
             low = torch.zeros(padded_rows, self.dim, dtype=dtype, device=self.device)
             low[: self.size] = self.x32.to(dtype)
             max_low_norm, max_error = 0.0, 0.0
@@ -117,24 +117,6 @@ def _stable_order(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return by_index.gather(1, order)
 
 
-def topk_grouped(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest values of every row and their columns (unordered), via maxima of column groups.
-
-    Exact as a selection: the kept groups are the k groups with the largest maxima, each holding at least
-    one value >= the k-th largest group maximum, so every value left out is <= the k-th value kept.
-    ``scores.shape[1]`` must be a multiple of ``GROUP`` when it is large.
-    """
-    rows, cols = scores.shape
-    if cols % GROUP or k * GROUP * 4 > cols:
-        return torch.topk(scores, k, dim=1, sorted=False)
-    groups = scores.view(rows, cols // GROUP, GROUP)
-    _, group_ids = torch.topk(groups.amax(dim=2), k, dim=1, sorted=False)
-    members = groups.gather(1, group_ids[:, :, None].expand(rows, k, GROUP)).reshape(rows, k * GROUP)
-    values, pos = torch.topk(members, k, dim=1, sorted=False)
-    columns = group_ids.gather(1, torch.div(pos, GROUP, rounding_mode="floor")) * GROUP + pos % GROUP
-    return values, columns
-
-
 class _NoReducedBf16Reduction:
     """Keep bf16 CUDA matrix products accumulating in float32 (the error bound assumes it)."""
 
@@ -166,7 +148,7 @@ def torch_candidates(
     rows = torch.arange(queries.shape[0], device=queries.device)
     if self_columns is not None:
         strip[rows, self_columns] = -math.inf
-    values, columns = topk_grouped(strip, count)
+    values, columns = torch.topk(strip, count, dim=1, sorted=False)
     approx = values.double()
     if h32 is None:
         approx = approx - gallery.h_mean
@@ -191,7 +173,7 @@ def torch_candidates(
 
 def _chains(ordered: torch.Tensor, bound2: torch.Tensor) -> torch.Tensor:
     """Chain id of every position: neighbours in sorted order closer than 2 E2 share a chain."""
-    breaks = (ordered[:, :-1] - ordered[:, 1:]) > 2 * bound2[:, None]
+    breaks = ~((ordered[:, :-1] - ordered[:, 1:]) <= 2 * bound2[:, None])  # -inf - -inf is nan: a break
     first = torch.zeros(ordered.shape[0], 1, dtype=torch.long, device=ordered.device)
     return torch.cat([first, torch.cumsum(breaks.long(), dim=1)], dim=1)
 
@@ -242,9 +224,11 @@ def refine(
     width = candidates.shape[1] if complete else max(int(needed.max()), k)
     candidates = candidates[:, :width]
     if rescore:
-        vectors = gallery.x32[candidates]
+        vectors = gallery.x32.index_select(0, candidates.reshape(-1)).view(*candidates.shape, gallery.dim)
         dots = torch.bmm(vectors, queries[:, :, None].float())[:, :, 0]
         scores = dots.double() - gallery.h64[candidates]
+        # candidates under the row's floor cannot be in its top k
+        scores[approx[:, :width] < floor[:, None]] = -math.inf
         q_norm = queries.double().norm(dim=1)
         bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm
         bound2 = bound2 + 1e-12 * (q_norm * gallery.max_norm + gallery.max_h)

@@ -56,6 +56,7 @@ class Config:
 
     # --- data ----------------------------------------------------------------------------------------
     augmentation: str = _key("base", "training augmentation", ("base", "auto", "big", "adv", "v2"))
+    image_decoder: str = _key("torchvision", "image decoding: uint8 tensors (faster) or PIL", ("torchvision", "pil"))
     resolution: int = _key(224, "crop size of training and evaluation images")
     batch_size: int = _key(90, "images per (global) training batch")
     samples_per_class: int = _key(2, "images per class draw in a batch")
