@@ -16,8 +16,8 @@ centre-crops `resolution` (`big`: centre-crops the resize size). Then ToTensor a
 Two implementations of the same pipelines, chosen by `decoder` (config key `image_decoder`):
 
 * `pil`: the plain torchvision-PIL pipeline (PIL resampling, `ToTensor`, `Normalize`).
-* `torchvision` (default, ~1.9x more images per core on 500x375 JPEGs, see `benchmarks/data_speed.py`): the
-  dataset decodes JPEGs with `torchvision.io.decode_image` (same libjpeg-turbo, bit-identical pixels to PIL) to
+* `torchvision` (default, ~1.5x more training images per core on 500x375 JPEGs, `benchmarks/data_speed.py`): the
+  dataset decodes JPEGs with `torchvision.io.decode_jpeg` (same libjpeg-turbo, bit-identical pixels to PIL) to
   a uint8 tensor; the crop/resize runs on uint8 with torch's antialiased bilinear kernel (a port of PIL's),
   and the only float work is the final normalisation. Random crops and flips draw the same numbers from the
   same global torch generator as the PIL pipeline (`RandomResizedCropUint8` inherits `get_params`), so one
