@@ -16,11 +16,11 @@ from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 def dry_run(cfg, check_images: bool) -> int:
     """Validate the data, print the split summary as JSON (and any unreadable image), train nothing."""
+    from architectures import input_spec_for
     from datasets import build_datasets, describe
     from datasets import check_images as check
-    from engine.runtime import transform_normalization
 
-    splits = build_datasets(cfg, transform_normalization(cfg.arch))
+    splits = build_datasets(cfg, input_spec_for(cfg.arch))
     print(json.dumps(describe(splits, cfg.dataset)))
     if check_images:
         failures = check(splits, workers=cfg.kernels)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from architectures.backbones import SPECIAL_BACKBONES, build_trunk, input_spec_for
-from architectures.embedding import EmbeddingModel, InputSpec, pool_feature_map
+from architectures.embedding import EmbeddingModel, pool_feature_map
 
 __all__ = [
     "EmbeddingModel",
-    "InputSpec",
     "SPECIAL_BACKBONES",
     "build_model",
     "input_spec_for",

@@ -13,12 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from architectures.embedding import InputSpec
+from datasets.transforms import BNINCEPTION, IMAGENET, Normalization
 from utilities.errors import UserError
 
-IMAGENET_SPEC = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# The Caffe-ported BN-Inception expects BGR pixels in 0..255 minus the mean: (x - mean) / (1/255).
-BNINCEPTION_SPEC = InputSpec((0.502, 0.4588, 0.4078), (0.0039, 0.0039, 0.0039), bgr=True)
 BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
 
 
@@ -28,7 +25,7 @@ class Trunk:
 
     module: nn.Module
     num_features: int
-    input_spec: InputSpec
+    input_spec: Normalization
     token_pool: bool = False
 
 
@@ -94,7 +91,7 @@ def timm_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
     if pretrained and pretrained_path:
         _load_trunk_weights(module, _read_state_dict(Path(pretrained_path)), name, Path(pretrained_path))
     cfg = module.pretrained_cfg
-    spec = InputSpec(tuple(cfg.get("mean", IMAGENET_SPEC.mean)), tuple(cfg.get("std", IMAGENET_SPEC.std)))
+    spec = Normalization(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
     token_pool = not hasattr(module, "global_pool") or not isinstance(getattr(module, "global_pool", None), nn.Module)
     return Trunk(module, module.num_features, spec, token_pool=_is_token_model(module) or token_pool)
 
@@ -135,23 +132,23 @@ def bninception_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trun
                 raise UserError(_weights_help(name)) from exc
         _load_trunk_weights(model, state, name, Path(pretrained_path or BNINCEPTION_URL))
     model.last_linear = nn.Identity()
-    return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION_SPEC)
+    return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION)
 
 
 # Backbones that are not timm models; every other name is looked up in timm.
 SPECIAL_BACKBONES = {"bninception": bninception_trunk}
 
 
-def input_spec_for(name: str) -> InputSpec:
+def input_spec_for(name: str) -> Normalization:
     """The input normalisation a backbone expects, known without building it."""
     if name == "bninception":
-        return BNINCEPTION_SPEC
+        return BNINCEPTION
     import timm
 
     cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
     if cfg is None:
-        return IMAGENET_SPEC
-    return InputSpec(tuple(cfg.mean or IMAGENET_SPEC.mean), tuple(cfg.std or IMAGENET_SPEC.std))
+        return IMAGENET
+    return Normalization(tuple(cfg.mean or IMAGENET.mean), tuple(cfg.std or IMAGENET.std))
 
 
 def build_trunk(name: str, pretrained: bool, pretrained_path: str = "") -> Trunk:

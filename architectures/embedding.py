@@ -9,20 +9,12 @@ then LayerNorm without affine parameters (the reference), L2 normalisation, or n
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How images must be normalised for this backbone (mean/std on [0, 1] RGB; optional BGR flip)."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    bgr: bool = False
+from datasets.transforms import Normalization
 
 
 def pool_feature_map(features: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -49,7 +41,7 @@ class EmbeddingModel(nn.Module):
         self,
         trunk: nn.Module,
         num_features: int,
-        input_spec: InputSpec,
+        input_spec: Normalization,
         *,
         embed_dim: int = 512,
         pooling: str = "avgmax",

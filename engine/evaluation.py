@@ -148,10 +148,10 @@ def evaluate_checkpoint(
     device: str = "auto",
 ) -> dict[str, float]:
     """Rebuild model and test data from a checkpoint's stored configuration and evaluate them (eval.py)."""
-    from architectures import build_model
+    from architectures import build_model, input_spec_for
     from datasets import build_datasets
     from engine.checkpoint import load_checkpoint
-    from engine.runtime import resolve_device, transform_normalization
+    from engine.runtime import resolve_device
     from metrics import canonical_metric_name
     from utilities.config import config_from_dict
 
@@ -170,7 +170,7 @@ def evaluate_checkpoint(
     model.to(torch_device)
     if torch_device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    splits = build_datasets(cfg, transform_normalization(cfg.arch))
+    splits = build_datasets(cfg, input_spec_for(cfg.arch))
     values_out, embedded = evaluate_model(
         model,
         splits,

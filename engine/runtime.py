@@ -20,12 +20,3 @@ def resolve_device(device: str, gpu: Sequence[int] = (0,), local_rank: int | Non
         raise UserError(f"key 'gpu': device {index} does not exist ({torch.cuda.device_count()} visible)")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
-
-
-def transform_normalization(arch: str):
-    """The datasets' `Normalization` matching the input the backbone `arch` expects."""
-    from architectures import input_spec_for
-    from datasets.transforms import Normalization
-
-    spec = input_spec_for(arch)
-    return Normalization(tuple(spec.mean), tuple(spec.std), bgr=spec.bgr)

@@ -24,7 +24,7 @@ from engine.data import build_train_loader
 from engine.evaluation import evaluate_model, evaluation_splits
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_metrics_csv, write_summary
-from engine.runtime import resolve_device, transform_normalization
+from engine.runtime import resolve_device
 from engine.step import StepContext, train_step
 from utilities.config import Config, write_yaml
 from utilities.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
@@ -112,14 +112,14 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
 
 
 def _build_run(cfg: Config, resume: str | None) -> Run:
-    from architectures import build_model
+    from architectures import build_model, input_spec_for
     from criteria import build_criterion
     from datasets import build_datasets
 
     probe = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     dist = init_distributed(probe)
     device = resolve_device(cfg.device, cfg.gpu, dist.local_rank if dist.enabled else None)
-    splits = build_datasets(cfg, transform_normalization(cfg.arch))
+    splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
@@ -135,6 +135,8 @@ def _build_run(cfg: Config, resume: str | None) -> Run:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.warmup > (cfg.d_warmup if cfg.dada else 0),
         )
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
     optimizers = build_optimizers(cfg, model, criterion)
     schedulers = build_schedulers(cfg, optimizers)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None

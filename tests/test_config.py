@@ -261,3 +261,14 @@ def test_main_exits_2_with_one_line(args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_demo_config_trains_from_scratch_on_the_synthetic_benchmark():
+    cfg = parse("--config", str(CONFIGS / "demo.yaml"))
+    assert (cfg.dataset, cfg.pretrained, cfg.device, cfg.dada, cfg.loss) == (
+        "synthetic",
+        False,
+        "cpu",
+        True,
+        "proxy_anchor",
+    )

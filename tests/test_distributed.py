@@ -27,7 +27,8 @@ def run_args(tmp: Path, name: str) -> list[str]:
         "--resolution", "32", "--batch_size", "16", "--iterations_per_epoch", "3", "--epochs", "2",
         "--kernels", "0", "--device", "cpu", "--embed_dim", "16", "--lr", "0.003", "--warmup", "0",
         "--d_warmup", "1", "--pos_class_mix", "true", "--domain_hidden", "16", "--class_hidden1", "16",
-        "--class_hidden2", "8", "--domain_out_bn", "true", "--class_out_bn", "true", "--dropout", "0.5", "--disc_lr", "1e-6",
+        "--class_hidden2", "8", "--domain_out_bn", "true", "--class_out_bn", "true",
+        "--dropout", "0.5", "--disc_lr", "1e-6",
         "--evaluation_metrics", "recall@1", "map@r", "--plots", "false", "--eval_backend", "torch",
     ]  # fmt: skip
 

@@ -17,17 +17,39 @@ import main as main_module
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_args(tmp: Path, name: str, epochs: int = 3) -> list[str]:
+def tiny_args(tmp: Path, name: str, epochs: int = 4) -> list[str]:
+    # A tiny model trained from scratch: the proxy loss leads (r = 1, gamma = 0.1), as in configs/demo.yaml.
     return [
         "--dataset", "synthetic", "--source_path", str(tmp / "data"), "--save_path", str(tmp / "runs"),
         "--save_name", name, "--synthetic_classes", "8", "--synthetic_images_per_class", "12",
-        "--synthetic_image_size", "32", "--arch", "test_resnet", "--pretrained", "false", "--frozen_bn", "false",
-        "--resolution", "32", "--batch_size", "16", "--iterations_per_epoch", "4", "--epochs", str(epochs),
-        "--kernels", "0", "--device", "cpu", "--embed_dim", "32", "--lr", "0.003", "--warmup", "0",
+        "--synthetic_image_size", "48", "--arch", "test_resnet", "--pretrained", "false", "--frozen_bn", "false",
+        "--resolution", "48", "--batch_size", "16", "--iterations_per_epoch", "8", "--epochs", str(epochs),
+        "--kernels", "0", "--device", "cpu", "--embed_dim", "32", "--lr", "0.01", "--warmup", "0",
         "--d_warmup", "1", "--pos_class_mix", "true", "--domain_hidden", "32", "--class_hidden1", "32",
         "--class_hidden2", "16", "--domain_out_bn", "true", "--class_out_bn", "true",
+        "--proxy_loss_weight", "1", "--adv_weight", "0.1",
         "--evaluation_metrics", "recall@1", "recall@2", "map@r", "nmi", "f1", "--eval_batch_size", "64",
     ]  # fmt: skip
+
+
+def seen_class_recall(folder: Path, trained: bool) -> float:
+    """recall@1 on the training classes (eval transforms) of the run's untrained or best model."""
+    from architectures import build_model, input_spec_for
+    from datasets import build_datasets
+    from engine.evaluation import evaluate_model
+    from utilities.config import config_from_dict
+
+    state = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    torch.manual_seed(cfg.seed)  # the run's initialisation
+    model = build_model(cfg)
+    if trained:
+        model.load_state_dict(state["model"])
+    splits = build_datasets(cfg, input_spec_for(cfg.arch))
+    train = splits["train"]
+    train.transform = splits["test"].transform
+    values, _ = evaluate_model(model, {"train": train}, ("train",), metrics=["recall@1"], device=torch.device("cpu"))
+    return values["recall@1"]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,8 @@ def test_run_writes_every_file_and_learns(tiny_run: Path):
     ):
         assert (folder / name).is_file(), name
     rows = read_rows(folder / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [-1, 0, 1, 2]
-    assert rows[1]["generator_loss"] == "" and float(rows[2]["generator_loss"]) < 0  # epoch 0: D only
+    assert [int(r["epoch"]) for r in rows] == [-1, 0, 1, 2, 3]
+    assert rows[1]["generator_loss"] == "" and rows[2]["generator_loss"] != ""  # epoch 0: discriminators only
     for key in (
         "discriminator_loss",
         "proxy_loss",
@@ -71,11 +93,13 @@ def test_run_writes_every_file_and_learns(tiny_run: Path):
         assert key in rows[-1]
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary) >= {"initial", "last", "best", "best_epoch", "epochs_completed"}
-    assert summary["epochs_completed"] == 3
-    assert summary["best"]["recall@1"] > summary["initial"]["recall@1"]
+    assert summary["epochs_completed"] == 4
+    # it learns: the proxy loss falls and the training classes separate better than before training
+    assert float(rows[-1]["proxy_loss"]) < float(rows[2]["proxy_loss"]) - 1.0
+    assert seen_class_recall(folder, trained=True) > seen_class_recall(folder, trained=False) + 0.05
     # checkpoints hold only tensors and plain values
     last = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
-    assert last["epoch"] == 3 and set(last["optimizers"]) == {"backbone", "proxy", "discriminator"}
+    assert last["epoch"] == 4 and set(last["optimizers"]) == {"backbone", "proxy", "discriminator"}
     best = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == summary["best_epoch"] + 1
 
@@ -134,9 +158,10 @@ def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monk
             assert torch.equal(value, b[part][key]), key
 
 
-def test_a_second_run_with_the_same_name_gets_a_new_folder(tiny_run: Path):
-    assert main_module.main([*tiny_args(tiny_run, "full", epochs=1), "--plots", "false"]) == 0
+def test_a_second_run_gets_a_new_folder_and_tensorboard_scalars(tiny_run: Path):
+    assert main_module.main([*tiny_args(tiny_run, "full", epochs=1), "--plots", "false", "--tensorboard", "true"]) == 0
     assert (tiny_run / "runs" / "synthetic" / "full_1" / "summary.json").is_file()
+    assert list((tiny_run / "runs" / "synthetic" / "full_1" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tiny_run / "runs" / "synthetic" / "full" / "summary.json").is_file()
 
 
