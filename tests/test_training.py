@@ -32,26 +32,6 @@ def tiny_args(tmp: Path, name: str, epochs: int = 4) -> list[str]:
     ]  # fmt: skip
 
 
-def seen_class_recall(folder: Path, trained: bool) -> float:
-    """recall@1 on the training classes (eval transforms) of the run's untrained or best model."""
-    from architectures import build_model, input_spec_for
-    from datasets import build_datasets
-    from engine.evaluation import evaluate_model
-    from utilities.config import config_from_dict
-
-    state = torch.load(folder / "checkpoints" / "best.pt", weights_only=True)
-    cfg = config_from_dict(state["config"])
-    torch.manual_seed(cfg.seed)  # the run's initialisation
-    model = build_model(cfg)
-    if trained:
-        model.load_state_dict(state["model"])
-    splits = build_datasets(cfg, input_spec_for(cfg.arch))
-    train = splits["train"]
-    train.transform = splits["test"].transform
-    values, _ = evaluate_model(model, {"train": train}, ("train",), metrics=["recall@1"], device=torch.device("cpu"))
-    return values["recall@1"]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("train")
@@ -64,7 +44,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_run_writes_every_file_and_learns(tiny_run: Path):
+def test_run_writes_every_file_and_lowers_the_loss(tiny_run: Path):
     folder = tiny_run / "runs" / "synthetic" / "full"
     for name in (
         "config.yaml",
@@ -94,9 +74,8 @@ def test_run_writes_every_file_and_learns(tiny_run: Path):
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary) >= {"initial", "last", "best", "best_epoch", "epochs_completed"}
     assert summary["epochs_completed"] == 4
-    # it learns: the proxy loss falls and the training classes separate better than before training
+    # the objective falls (retrieval gains on unseen classes need the demo's budget: test_demo_learns)
     assert float(rows[-1]["proxy_loss"]) < float(rows[2]["proxy_loss"]) - 1.0
-    assert seen_class_recall(folder, trained=True) > seen_class_recall(folder, trained=False) + 0.05
     # checkpoints hold only tensors and plain values
     last = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 4 and set(last["optimizers"]) == {"backbone", "proxy", "discriminator"}
@@ -184,3 +163,13 @@ def test_wrong_checkpoints_exit_2(tmp_path: Path):
         )  # fmt: skip
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and path in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_learns(tmp_path: Path):
+    """The README's demo (about 2.5 minutes on 2 cores) improves recall@1 on unseen classes by 10+ points."""
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--source_path", str(tmp_path / "data"),
+            "--save_path", str(tmp_path / "runs"), "--plots", "false"]  # fmt: skip
+    assert main_module.main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "synthetic" / "demo" / "summary.json").read_text())
+    assert summary["best"]["recall@1"] >= summary["initial"]["recall@1"] + 0.10, summary
