@@ -70,3 +70,18 @@ def test_two_ranks_equal_one_process(tmp_path: Path):
         for key in a:
             if a[key] and key != "epoch":
                 assert float(b[key]) == pytest.approx(float(a[key]), abs=1e-5), key
+
+    # a run resumes under another number of ranks: one more epoch on 2 ranks = one more epoch on 1 process
+    runs = tmp_path / "runs" / "synthetic"
+    for name in ("resumed_on_1", "resumed_on_2"):
+        shutil.copytree(runs / "single", runs / name)
+    launch([sys.executable, "main.py", "--resume", str(runs / "resumed_on_1"), "--epochs", "3"], tmp_path)
+    launch(["torchrun", "--standalone", "--nproc_per_node", "2", "main.py", "--resume", str(runs / "resumed_on_2"),
+            "--epochs", "3"], tmp_path)  # fmt: skip
+    one = torch.load(runs / "resumed_on_1" / "checkpoints" / "last.pt", weights_only=True)
+    two = torch.load(runs / "resumed_on_2" / "checkpoints" / "last.pt", weights_only=True)
+    assert one["epoch"] == two["epoch"] == 3
+    for part in ("model", "criterion"):
+        for key, value in one[part].items():
+            torch.testing.assert_close(two[part][key], value, rtol=0, atol=1e-5, msg=f"resumed {part}.{key}")
+    assert metric_rows(runs / "resumed_on_1")[-1]["recall@1"] == metric_rows(runs / "resumed_on_2")[-1]["recall@1"]
