@@ -12,36 +12,20 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_train_step import tiny_config as cpu_tiny_config
 
 from architectures import build_model
 from criteria import build_criterion
 from engine.optim import build_optimizers
 from engine.step import StepContext, train_step
-from utilities.config import Config, config_from_dict
+from utilities.config import Config
 
 N_CLASSES = 6
 
 
 def tiny_config(**overrides) -> Config:
-    values = dict(
-        arch="test_resnet",
-        pretrained=False,
-        embed_dim=16,
-        frozen_bn=True,
-        batch_size=12,
-        pos_class_mix=True,
-        domain_hidden=8,
-        class_hidden1=8,
-        class_hidden2=6,
-        domain_out_bn=True,
-        class_out_bn=True,
-        dropout=0.0,
-        lr=1e-3,
-        evaluation_metrics=["recall@1"],
-        best_metric="recall@1",
-    )
-    values.update(overrides)
-    return config_from_dict(values)
+    """The CPU step tests' tiny setting, without dropout (deterministic across devices)."""
+    return cpu_tiny_config(**{"dropout": 0.0, **overrides})
 
 
 def build(cfg: Config, device: torch.device):
