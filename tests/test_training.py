@@ -173,3 +173,19 @@ def test_demo_learns(tmp_path: Path):
     assert main_module.main(args) == 0
     summary = json.loads((tmp_path / "runs" / "synthetic" / "demo" / "summary.json").read_text())
     assert summary["best"]["recall@1"] >= summary["initial"]["recall@1"] + 0.10, summary
+
+
+def test_many_non_finite_losses_stop_the_run_and_keep_the_last_checkpoint(tmp_path: Path, monkeypatch, capsys):
+    import engine.step
+
+    calls = {"n": 0}
+
+    def finite_in_first_epoch_only(loss):
+        calls["n"] += 1
+        return calls["n"] <= 8 * 3  # epoch 0 (discriminators only): 8 iterations x 3 d-steps
+
+    monkeypatch.setattr(engine.step, "_finite", finite_in_first_epoch_only)
+    assert main_module.main([*tiny_args(tmp_path, "nan"), "--max_nonfinite", "3", "--plots", "false"]) == 1
+    assert "3 consecutive iterations with a non-finite loss in epoch 1" in capsys.readouterr().err
+    last = torch.load(tmp_path / "runs" / "synthetic" / "nan" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1
