@@ -6,11 +6,11 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_datasets import config as dataset_config
 
 import datasets.synthetic as synthetic
 from datasets import build_datasets, describe, ensure_synthetic
@@ -44,17 +44,7 @@ def test_layout_and_splits(tmp_path: Path) -> None:
         assert image.size == (40, 40) and image.mode == "RGB"
     metadata = json.loads((folder / "synthetic.json").read_text())
     assert metadata["parameters"]["n_classes"] == 6 and len(metadata["classes"]) == 6
-    cfg = SimpleNamespace(
-        dataset="synthetic",
-        source_path=str(tmp_path),
-        augmentation="base",
-        resolution=32,
-        val_classes=0.0,
-        seed=0,
-        synthetic_classes=6,
-        synthetic_images_per_class=3,
-        synthetic_image_size=40,
-    )
+    cfg = dataset_config(tmp_path, "synthetic", synthetic_classes=6, synthetic_image_size=40)
     splits = build_datasets(cfg)
     assert describe(splits, "synthetic")["splits"] == {
         "train": {"classes": 3, "images": 9},
