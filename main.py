@@ -32,12 +32,16 @@ def dry_run(cfg, check_images: bool) -> int:
 
 
 def resolve_resume_config(resume: str, argv: Sequence[str]):
-    """On --resume the stored configuration is the base; YAML and command-line keys still override it."""
+    """On --resume the stored configuration is the base; YAML and command-line keys still override it.
+
+    Returns the configuration, the run options and the loaded checkpoint (read once, handed to the trainer).
+    """
     from engine.checkpoint import load_checkpoint
     from utilities.config import parse_command_line
 
-    stored = load_checkpoint(resume)["config"]
-    return parse_command_line(argv, __doc__, base=stored)
+    state = load_checkpoint(resume)
+    cfg, options = parse_command_line(argv, __doc__, base=state["config"])
+    return cfg, options, state
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,14 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg, options = parse_command_line(argv, __doc__)
+        resume_state = None
         if options.resume:
-            cfg, options = resolve_resume_config(options.resume, argv)
+            cfg, options, resume_state = resolve_resume_config(options.resume, argv)
         if options.dry_run:
             return dry_run(cfg, options.check_images)
         from engine.trainer import TrainingDiverged, train
 
         try:
-            train(cfg, resume=options.resume)
+            train(cfg, resume=options.resume, resume_state=resume_state)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -111,7 +111,7 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
     run.state = RunState(epoch=checkpoint["epoch"], **stored)
 
 
-def _build_run(cfg: Config, resume: str | None) -> Run:
+def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None) -> Run:
     from architectures import build_model, input_spec_for
     from criteria import build_criterion
     from datasets import build_datasets
@@ -142,7 +142,8 @@ def _build_run(cfg: Config, resume: str | None) -> Run:
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     run = Run(cfg, None, device, dist, model, wrapped, criterion, optimizers, schedulers, scaler, splits, RunState())
     if resume:
-        _restore(run, load_checkpoint(resume, map_location=device))
+        # optimizers and modules copy the stored tensors onto their own device when loading
+        _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
         run.folder = Path(resume).resolve()
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
     elif dist.is_main:
@@ -243,9 +244,10 @@ def _print_epoch(epoch: int, row: dict[str, Any], metrics: dict[str, float], imp
     print(colored(f"[epoch {epoch}]", "cyan"), f"{row['time']:.1f}s", losses, "|", shown + star, flush=True)
 
 
-def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
-    """Train according to `cfg` (or continue the run of `resume`); returns the summary."""
-    run = _build_run(cfg, resume)
+def train(cfg: Config, resume: str | None = None, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
+    loaded as `resume_state`); returns the summary."""
+    run = _build_run(cfg, resume, resume_state)
     try:
         return _train(run)
     finally:
