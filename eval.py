@@ -3,6 +3,10 @@
     python eval.py --embeddings FILE.npz [--evaluation_metrics recall@1 map@r ...] [--eval_backend auto]
                    [--output FILE.json]
     python eval.py --checkpoint RUN/checkpoints/best.pt [--source_path DIR] [--save_embeddings FILE.npz]
+    python eval.py --source_path ../dml_data --dataset cub200 --test_path checkpoint_cub_embeds_e_recall@1.pth.tar
+
+`--checkpoint` (alias `--test_path`) reads checkpoints of this project and of the reference implementation
+(its pickled objects are never executed); the reference eval.py's flags are accepted.
 
 An embeddings file holds ``embeddings`` + ``labels`` (every item queries all others) or
 ``query_embeddings``, ``query_labels``, ``gallery_embeddings``, ``gallery_labels`` (query -> gallery).
@@ -18,6 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from utilities.config import DATASET_NAMES
 from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
@@ -51,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
     parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
     parser.add_argument("--save_embeddings", default=None, help="save the embeddings (checkpoint mode)")
+    reference = parser.add_argument_group("checkpoint mode, the reference eval.py's flags")
+    reference.add_argument("--dataset", choices=DATASET_NAMES, help="data to evaluate on (default: the checkpoint's)")
+    reference.add_argument("--gpu", type=int, nargs="+", default=None, help="CUDA device index")
+    reference.add_argument("--batch_size", type=int, default=None, help="images per embedding batch")
+    reference.add_argument("--kernels", type=int, default=None, help="data-loader worker processes")
+    reference.add_argument("--evaluate_on_cpu", action="store_true", help="run the neighbour search on the CPU")
+    reference.add_argument("--normal", action="store_true", help="L2-normalise the embeddings (reference checkpoints)")
+    reference.add_argument("--evaltypes", nargs="+", default=["embeds"], help="only 'embeds' exists")
+    reference.add_argument("--infor_save_path", default=None, help="folder for extra_info_<dataset>.npz embeddings")
     return parser
 
 
@@ -108,6 +122,38 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
     return values
 
 
+def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:
+    if [name.strip("[],'\"") for name in args.evaltypes] != ["embeds"]:
+        raise UserError(f"--evaltypes: only 'embeds' exists, got {' '.join(args.evaltypes)}")
+    save_embeddings = args.save_embeddings
+    if args.infor_save_path:
+        folder = Path(args.infor_save_path)
+        if not folder.is_dir():
+            raise UserError(f"--infor_save_path: folder {folder} does not exist")
+        save_embeddings = str(folder / f"extra_info_{args.dataset or 'checkpoint'}.npz")
+    from engine.evaluation import CheckpointEvaluation, evaluate_checkpoint
+
+    values = evaluate_checkpoint(
+        CheckpointEvaluation(
+            args.checkpoint,
+            source_path=args.source_path,
+            dataset=args.dataset,
+            metrics=metric_names,
+            backend=args.eval_backend,
+            device=args.device or "auto",
+            gpu=args.gpu,
+            batch_size=args.batch_size,
+            workers=args.kernels,
+            normalize=True if args.normal else None,
+            search_on_cpu=args.evaluate_on_cpu,
+            save_embeddings=save_embeddings,
+        )
+    )
+    if save_embeddings:
+        print(f"embeddings saved to {save_embeddings}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -119,16 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.embeddings:
             values = _evaluate_embeddings(args, metric_names)
         else:
-            from engine.evaluation import evaluate_checkpoint
-
-            values = evaluate_checkpoint(
-                args.checkpoint,
-                source_path=args.source_path,
-                metrics=metric_names,
-                backend=args.eval_backend,
-                save_embeddings=args.save_embeddings,
-                device=args.device or "auto",
-            )
+            values = _evaluate_checkpoint(args, metric_names)
         print(format_table(values))
         if args.output:
             output = Path(args.output)

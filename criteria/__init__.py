@@ -2,8 +2,8 @@
 
 Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss named by ``cfg.loss`` and wraps
 it either in ``DADACriterion`` (``cfg.dada``) or in the plain ``ProxyCriterion`` baseline.
-``REFERENCE_KEYS`` / ``criterion_kwargs_from_reference`` translate option names and values of the
-reference implementation (``Noahsark/DADA``) into this project's configuration names.
+``criterion_kwargs_from_reference`` translates option names and values of the reference implementation
+(``Noahsark/DADA``) into this project's configuration names, through ``utilities.reference``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from criteria.proxy_losses import (
     masked_logsumexp,
 )
 from utilities.errors import UserError
+from utilities.reference import translate_reference
 
 __all__ = [
     "CRITERION_DEFAULTS",
@@ -37,7 +38,6 @@ __all__ = [
     "ProxyCriterion",
     "ProxyNCALoss",
     "ProxyNCAPlusPlusLoss",
-    "REFERENCE_KEYS",
     "SeededBetaSource",
     "SoftplusProxyLoss",
     "build_base_loss",
@@ -81,74 +81,20 @@ CRITERION_DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 
-# Reference option name -> configuration name.
-REFERENCE_KEYS: dict[str, str] = {
-    "loss": "dada",
-    "proxy_dim": "loss",
-    "embed_dim": "embed_dim",
-    "loss_oproxy_pos_alpha": "pos_alpha",
-    "loss_oproxy_neg_alpha": "neg_alpha",
-    "loss_oproxy_pos_delta": "pos_delta",
-    "loss_oproxy_neg_delta": "neg_delta",
-    "oproxy_ratio": "proxy_loss_weight",
-    "dis_gamma": "adv_weight",
-    "d_dis_ratio": "class_ratio",
-    "d_discrepancy_ratio": "discrepancy_weight",
-    "dis_mode": "discrepancy",
-    "normal": "normalize_features",
-    "mix_mode": "mix_mode",
-    "shift_scale": "shift_scale",
-    "mix_alpha": "mix_alpha",
-    "mix_beta": "mix_beta",
-    "pos_class_mix": "pos_class_mix",
-    "samples_per_class": "samples_per_class",
-    "fd_fc1_dim": "domain_hidden",
-    "fd2_bn": "domain_out_bn",
-    "fc_fc1_dim": "class_hidden1",
-    "fc_fc2_dim": "class_hidden2",
-    "fc2_bn": "class_out_bn",
-    "dropout": "dropout",
-    "active_func": "activation",
-    "seed": "seed",
-}
-
-# Reference option -> {reference value: configuration value}, for options whose values change too.
-_REFERENCE_VALUES: dict[str, dict[Any, Any]] = {
-    "loss": {"dadaproxy": True, "oproxy": False},
-    "proxy_dim": {0: "proxy_anchor", 1: "softplus_proxy"},
-}
-
-
-def _reference_value(key: str, value: Any) -> Any:
-    if key in _REFERENCE_VALUES:
-        if value not in _REFERENCE_VALUES[key]:
-            valid = ", ".join(repr(v) for v in _REFERENCE_VALUES[key])
-            raise UserError(f"{key}: unsupported reference value {value!r}; expected one of {valid}")
-        return _REFERENCE_VALUES[key][value]
-    if key == "active_func":
-        # The reference uses ReLU for "relu" and LeakyReLU (slope 0.01) for anything else.
-        return "relu" if value == "relu" else "leaky_relu"
-    if key == "dropout":
-        return float(value)  # the reference's CLI passes it as a string
-    return value
-
 
 def criterion_kwargs_from_reference(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Translate reference options into configuration keys (names and values) for ``build_criterion``.
+    """The criterion's configuration keys for hyper-parameters written with the reference's option names.
 
-    ``proxy_dim`` 0/1 becomes ``loss`` proxy_anchor/softplus_proxy (the reference's count-weighted
-    Proxy-Anchor is ``pa_positive_mean="sample"``, the default); ``active_func`` "relu"/other becomes
-    relu/leaky_relu; the reference ``loss`` dadaproxy/oproxy becomes ``dada`` True/False (True when
-    absent). Options outside ``REFERENCE_KEYS`` are not criterion settings here and are ignored, except
-    two the reference offers and this project does not: ``mix_extension`` (it crashes in the reference)
-    and a ``proxy_init_mode`` other than "norm" — those raise UserError.
+    The translation is the one table of ``utilities.reference`` (``proxy_dim`` 0/1 -> ``loss``
+    proxy_anchor/softplus_proxy, ``active_func`` -> relu/leaky_relu, ``loss`` dadaproxy/oproxy -> ``dada``,
+    ...); ``dada`` is True unless the reference ``loss`` says otherwise. Keys that are not criterion
+    settings are dropped; a value without an equivalent (``mix_extension: true``) is a ``UserError``.
     """
-    if hparams.get("mix_extension", False):
-        raise UserError("mix_extension: not supported (it crashes in the reference implementation)")
-    if hparams.get("proxy_init_mode", "norm") != "norm":
-        raise UserError(f"proxy_init_mode: only 'norm' exists, got {hparams['proxy_init_mode']!r}")
+    translated, _ = translate_reference(hparams, "the reference hyper-parameters")
     kwargs: dict[str, Any] = {"dada": True}
-    kwargs.update({REFERENCE_KEYS[k]: _reference_value(k, v) for k, v in hparams.items() if k in REFERENCE_KEYS})
+    kwargs.update({key: value for key, value in translated.items() if key in CRITERION_DEFAULTS})
+    if isinstance(kwargs.get("dropout"), str):  # the reference's command line passes dropout as a string
+        kwargs["dropout"] = float(kwargs["dropout"])
     return kwargs
 
 

@@ -6,7 +6,8 @@ metrics, which it then shares with the other ranks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,50 +139,88 @@ def write_embeddings(path: str | Path, embedded: dict[str, tuple[torch.Tensor, n
     np.savez(path, **arrays)
 
 
-def evaluate_checkpoint(
-    checkpoint: str,
-    *,
-    source_path: str | None = None,
-    metrics: list[str] | None = None,
-    backend: str = "auto",
-    save_embeddings: str | None = None,
-    device: str = "auto",
-) -> dict[str, float]:
-    """Rebuild model and test data from a checkpoint's stored configuration and evaluate them (eval.py)."""
+@dataclass
+class CheckpointEvaluation:
+    """What eval.py asks of a checkpoint; None keeps the checkpoint's own setting."""
+
+    checkpoint: str
+    source_path: str | None = None
+    dataset: str | None = None
+    metrics: list[str] | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    gpu: list[int] | None = None
+    batch_size: int | None = None
+    workers: int | None = None
+    normalize: bool | None = None
+    search_on_cpu: bool = False
+    save_embeddings: str | None = None
+    report: Callable[[str], None] = print
+
+
+def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
+    """Rebuild a checkpoint's model and test data and evaluate them (eval.py).
+
+    A checkpoint of this project brings its resolved configuration; one of the reference implementation
+    brings its architecture name and embedding size (`engine.reference_checkpoint`). `request.report` gets
+    one line saying which kind was read (and any setting the request changed).
+    """
     from architectures import build_model, input_spec_for
+    from architectures.reference_weights import load_reference_weights
     from datasets import build_datasets
-    from engine.checkpoint import load_checkpoint
+    from engine.checkpoint import resolve_checkpoint_path
+    from engine.reference_checkpoint import read_checkpoint, reference_eval_config
     from engine.runtime import resolve_device
     from metrics import canonical_metric_name
     from utilities.config import config_from_dict
 
-    state = load_checkpoint(checkpoint)
-    values = dict(state["config"])
-    values["pretrained"] = False
-    if source_path:
-        values["source_path"] = source_path
-    if metrics:
-        values["evaluation_metrics"] = [canonical_metric_name(m) for m in metrics]
+    path = resolve_checkpoint_path(request.checkpoint)
+    own, reference = read_checkpoint(path)
+    if own is not None:
+        values = dict(own["config"], pretrained=False)
+        trained_on = values["dataset"]
+        request.report(f"{path}: a checkpoint of this project (read with weights_only=True)")
+        values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
+    else:
+        values = reference_eval_config(reference, request.dataset, request.source_path)
+        trained_on = reference.options.get("dataset")
+        request.report(reference.describe(path))
+        if request.normalize is None:
+            request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
+    if trained_on and values["dataset"] != trained_on:
+        request.report(f"evaluating on {values['dataset']} (the checkpoint was trained on {trained_on})")
+    if request.metrics:
+        values["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
         values["best_metric"] = values["evaluation_metrics"][0]
-    cfg = config_from_dict(values, f"checkpoint {checkpoint}")
-    torch_device = resolve_device(device, cfg.gpu)
+    if request.gpu is not None:
+        values["gpu"] = request.gpu
+    if request.batch_size is not None:
+        values["eval_batch_size"] = request.batch_size
+    cfg = config_from_dict(values, f"checkpoint {path}")
+    torch_device = resolve_device(request.device, cfg.gpu)
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    if own is not None:
+        model.load_state_dict(own["model"])
+    else:
+        load_reference_weights(model, reference.state_dict, cfg.arch)
     model.to(torch_device)
     if torch_device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    normalize = request.normalize if request.normalize is not None else own is not None and cfg.normalize_features
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
-    values_out, embedded = evaluate_model(
-        model,
-        splits,
-        evaluation_splits(splits, use_val=False),
-        metrics=cfg.evaluation_metrics,
-        device=torch_device,
-        backend=backend,
-        batch_size=cfg.eval_batch_size,
-        workers=min(cfg.kernels, 4),
-        normalize=cfg.normalize_features,
-    )
-    if save_embeddings:
-        write_embeddings(save_embeddings, embedded)
-    return values_out
+    embedded = {
+        name: embed_dataset(
+            model,
+            splits[name],
+            device=torch_device,
+            batch_size=cfg.eval_batch_size,
+            workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
+            normalize=normalize,
+        )
+        for name in evaluation_splits(splits, use_val=False)
+    }
+    if request.save_embeddings:
+        write_embeddings(request.save_embeddings, embedded)
+    if request.search_on_cpu:
+        embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}
+    return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend)

@@ -38,7 +38,9 @@ def _schedule(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_sche
     if cfg.scheduler == "multi":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
     if cfg.scheduler == "linear":
-        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.01, total_iters=20)
+        return torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+        )
     return None
 
 

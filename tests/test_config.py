@@ -48,7 +48,7 @@ def test_list_values_on_the_command_line():
     ("values", "message"),
     [
         ({"batch_sise": 4}, "unknown key 'batch_sise' in the configuration; did you mean 'batch_size'?"),
-        ({"loss_oproxy_pos_alpha": 4}, "the reference implementation's name for 'pos_alpha'"),
+        ({"mix_extension": True}, "reference option 'mix_extension' in the configuration: mix_extension: true"),
         ({"batch_size": "many"}, "key 'batch_size' expects int"),
         ({"batch_size": 1.5}, "key 'batch_size' expects int"),
         ({"batch_size": True}, "key 'batch_size' expects int"),

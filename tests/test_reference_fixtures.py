@@ -19,13 +19,13 @@ from conftest import fixture_dir
 
 from criteria import (
     CRITERION_DEFAULTS,
-    REFERENCE_KEYS,
     FixedDraws,
     build_criterion,
     criterion_kwargs_from_reference,
 )
 from criteria.dada import DADACriterion
 from criteria.mixing import init_mix_weight
+from utilities.reference import REFERENCE_OPTIONS
 
 FIXTURES = fixture_dir("DADA_REFERENCE_DIR", "dada")
 SCALARS = (
@@ -56,7 +56,7 @@ def load_case(name: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 def build_case_criterion(hparams: dict, arrays: dict[str, np.ndarray]) -> DADACriterion:
     """Criterion from reference hyper-parameters, with every parameter taken from the case's arrays."""
-    unknown = set(hparams) - set(REFERENCE_KEYS) - NON_OPTION_KEYS
+    unknown = set(hparams) - set(REFERENCE_OPTIONS) - set(CRITERION_DEFAULTS) - NON_OPTION_KEYS
     assert not unknown, f"case uses options the loader does not know: {sorted(unknown)}"
     cfg = SimpleNamespace(**{**CRITERION_DEFAULTS, **criterion_kwargs_from_reference(hparams)})
     criterion = build_criterion(cfg, n_classes=hparams["n_classes"])

@@ -92,6 +92,7 @@ def test_eval_py_on_best_checkpoint_reproduces_the_summary(tiny_run: Path, tmp_p
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "a checkpoint of this project (read with weights_only=True)" in result.stdout
     best = json.loads((folder / "summary.json").read_text())["best"]
     values = json.loads(output.read_text())
     for key, value in best.items():

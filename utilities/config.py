@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from utilities.errors import UserError
+from utilities.reference import REFERENCE_OPTIONS, translate_reference
 
 DATASET_NAMES = ("cub200", "cars196", "online_products", "inshop", "synthetic")
 
@@ -124,6 +125,9 @@ class Config:
     lr_step: int = _key(5, "step schedule: epochs between decays")
     lr_gamma: float = _key(0.5, "step / multi schedule: decay factor")
     lr_milestones: list[int] = _key([20, 45, 70], "multi schedule: epochs (counted after warm-up) of decay")
+    lr_linear_start: float = _key(1.0, "linear schedule: learning-rate factor of the first epoch")
+    lr_linear_end: float = _key(0.01, "linear schedule: final learning-rate factor")
+    lr_linear_length: int = _key(20, "linear schedule: epochs (counted after warm-up) to reach the final factor")
     warmup: int = _key(1, "epochs that train only the embedding head and the proxies")
     d_warmup: int = _key(1, "epochs that train only the discriminators")
 
@@ -141,42 +145,9 @@ class Config:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
-# The reference implementation's option names, to point users of its YAML files at ours.
-REFERENCE_KEYS: dict[str, str] = {
-    "n_epochs": "epochs",
-    "decay": "weight_decay",
-    "dis_decay": "disc_decay",
-    "lr_reduce_step": "lr_step",
-    "lr_reduce_rate": "lr_gamma",
-    "lr_reduce_multi_steps": "lr_milestones",
-    "storage_metrics": "best_metric",
-    "loss_adv_proxy_lr": "proxy_lr",
-    "loss_adv_classifier_lr": "disc_lr",
-    "loss_oproxy_pos_alpha": "pos_alpha",
-    "loss_oproxy_neg_alpha": "neg_alpha",
-    "loss_oproxy_pos_delta": "pos_delta",
-    "loss_oproxy_neg_delta": "neg_delta",
-    "oproxy_ratio": "proxy_loss_weight",
-    "dis_gamma": "adv_weight",
-    "d_dis_ratio": "class_ratio",
-    "d_discrepancy_ratio": "discrepancy_weight",
-    "dis_mode": "discrepancy",
-    "normal": "normalize_features",
-    "fd_fc1_dim": "domain_hidden",
-    "fd2_bn": "domain_out_bn",
-    "fc_fc1_dim": "class_hidden1",
-    "fc_fc2_dim": "class_hidden2",
-    "fc2_bn": "class_out_bn",
-    "active_func": "activation",
-    "proxy_dim": "loss",
-    "not_pretrained": "pretrained",
-}
-
 
 def _unknown_key_message(key: str, where: str) -> str:
-    if key in REFERENCE_KEYS:
-        return f"unknown key '{key}' in {where}: the reference implementation's name for '{REFERENCE_KEYS[key]}'"
-    close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, [*FIELDS, *REFERENCE_OPTIONS], n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; see python main.py --help"
     return f"unknown key '{key}' in {where}{hint}"
 
@@ -287,6 +258,10 @@ def validate(cfg: Config) -> Config:
         raise UserError("keys 'mix_alpha' and 'mix_beta' must be positive (Beta distribution parameters)")
     if cfg.scheduler == "step" and cfg.lr_step < 1:
         raise UserError("key 'lr_step' must be at least 1 with scheduler: step")
+    if cfg.scheduler == "linear" and not (
+        0.0 < cfg.lr_linear_start <= 1.0 and 0.0 <= cfg.lr_linear_end <= 1.0 and cfg.lr_linear_length >= 1
+    ):
+        raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
     if cfg.dataset == "synthetic" and cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
     from metrics import canonical_metric_name
@@ -319,11 +294,18 @@ def config_from_dict(values: dict[str, Any], where: str = "the configuration") -
     return validate(cfg)
 
 
-def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> None:
+def apply_overrides(
+    cfg: Config, values: dict[str, Any], where: str, report: Callable[[str], None] | None = None
+) -> None:
+    """Set the keys of one source on `cfg`; the reference implementation's options are translated first
+    (`utilities.reference`), each with one line to `report`."""
+    values, lines = translate_reference(values, where, cfg.to_dict())
     for key, value in values.items():
         if key not in FIELDS:
             raise UserError(_unknown_key_message(key, where))
         setattr(cfg, key, coerce(key, value))
+    for line in lines if report else ():
+        report(line)
 
 
 def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
@@ -334,7 +316,7 @@ def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
         if token.startswith("--"):
             name, _, inline = token[2:].partition("=")
             key = name.replace("-", "_")
-            if key not in FIELDS:
+            if key not in FIELDS and key not in REFERENCE_OPTIONS:
                 raise UserError(_unknown_key_message(key, "the command line"))
             overrides[key] = [inline] if inline else []
         elif key is None:
@@ -343,7 +325,9 @@ def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
             overrides[key].append(token)
     for name, values in overrides.items():
         if not values:
-            if _TYPES[name] is bool:
+            if name in REFERENCE_OPTIONS and name not in FIELDS:  # a flag of the reference's argparse
+                values.append(str(REFERENCE_OPTIONS[name].bare).lower())
+            elif _TYPES[name] is bool:
                 values.append("true")
             else:
                 raise UserError(f"key '{name}' on the command line needs a value")
@@ -377,7 +361,8 @@ def parse_command_line(
     """Resolve defaults (or `base`, a stored configuration), the YAML of `--config` and `--key value`
     overrides into a validated `Config`.
 
-    Returns the config and the run options (`config`, `resume`, `dry_run`, `check_images`).
+    Returns the config and the run options (`config`, `resume`, `dry_run`, `check_images`). The reference
+    implementation's options are translated, with one line each on stderr.
     """
     parser = build_parser(description)
     known = ["--config", "--resume", "--dry_run", "--check_images", "--help", "-h"]
@@ -386,10 +371,14 @@ def parse_command_line(
     cfg = Config()
     if base:
         apply_overrides(cfg, base, "the stored configuration")
+    mapped: list[str] = []
     if options.config:
-        apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}")
-    apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line")
-    return validate(cfg), options
+        apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}", mapped.append)
+    apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line", mapped.append)
+    validate(cfg)
+    for line in mapped:  # only once the whole configuration is valid: an error stays one line
+        print(line, file=sys.stderr)
+    return cfg, options
 
 
 def _separate(tokens: list[str], run_options: list[str]) -> tuple[list[str], list[str]]:

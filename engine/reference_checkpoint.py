@@ -1,0 +1,114 @@
+"""Checkpoints written by the reference implementation (``Noahsark/DADA``), for evaluation.
+
+Such a file (e.g. the authors' released ``checkpoint_cub_embeds_e_recall@1.pth.tar``) is a pickled dict:
+``state_dict`` (the network), ``opt`` (the options namespace: ``arch``, ``embed_dim``, ``dataset``, ...),
+``progress`` and ``aux`` (objects of the reference's own classes, data loaders included), ``proxy`` and
+``saved_batch_mix``. It is read with `load_restricted` (nothing in it is executed), and its options become
+this project's evaluation configuration: the architecture flags of ``opt.arch`` (spec §2), ``embed_dim``,
+the dataset, and the reference's evaluation transforms (PIL, Resize(256), CenterCrop(224), ImageNet
+normalisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.restricted_unpickler import RestrictedLoad
+from utilities.errors import UserError
+from utilities.reference import translate_arch
+
+# The reference eval.py's default metrics (In-Shop: its recall@1..50 query->gallery evaluation).
+REFERENCE_EVAL_METRICS = ["recall@1", "recall@2", "recall@4", "recall@10", "f1", "map@r_legacy"]
+REFERENCE_INSHOP_METRICS = ["recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50"]
+
+
+@dataclass
+class ReferenceCheckpoint:
+    """The network weights and the options of a reference checkpoint."""
+
+    state_dict: dict[str, torch.Tensor]
+    options: dict[str, Any]
+    placeholders: list[str]
+
+    def describe(self, path: str | Path) -> str:
+        objects = f"; not rebuilt: {', '.join(self.placeholders)}" if self.placeholders else ""
+        return (
+            f"{path}: a checkpoint of the reference implementation (arch {self.options.get('arch')}, embed_dim "
+            f"{self.options.get('embed_dim')}, dataset {self.options.get('dataset')}), read without executing "
+            f"its pickled objects{objects}"
+        )
+
+
+def is_reference_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "opt" in obj
+
+
+def reference_checkpoint(path: str | Path, loaded: RestrictedLoad) -> ReferenceCheckpoint:
+    """Check the pieces of a restricted load that evaluation needs: tensors and an options namespace."""
+    obj = loaded.obj
+    if not isinstance(obj["opt"], argparse.Namespace):
+        raise UserError(f"{path}: 'opt' is not an options namespace; not a checkpoint of the reference?")
+    state = obj["state_dict"]
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: 'state_dict' does not hold named tensors")
+    options = vars(obj["opt"])
+    for key in ("arch", "embed_dim"):
+        if key not in options:
+            raise UserError(f"{path}: the options namespace has no '{key}'")
+    return ReferenceCheckpoint(dict(state), options, loaded.placeholders)
+
+
+def reference_eval_config(
+    checkpoint: ReferenceCheckpoint, dataset: str | None, source_path: str | None
+) -> dict[str, Any]:
+    """Configuration keys that rebuild the reference network and its evaluation data.
+
+    `dataset` (``--dataset``) is used when the checkpoint does not name one; `source_path` defaults to the
+    checkpoint's own data root (the reference appends ``/<dataset>`` to it; that suffix is removed).
+    """
+    options = checkpoint.options
+    dataset = dataset or options.get("dataset")
+    if not dataset:
+        raise UserError("the checkpoint does not say which dataset it was trained on: pass --dataset")
+    values = {
+        **translate_arch(str(options["arch"])),
+        "embed_dim": int(options["embed_dim"]),
+        "dataset": dataset,
+        "pretrained": False,
+        "augmentation": "base",
+        "resolution": 224,
+        "image_decoder": "pil",
+        "evaluation_metrics": REFERENCE_INSHOP_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS,
+    }
+    values["best_metric"] = values["evaluation_metrics"][0]
+    if source_path is None and isinstance(options.get("source_path"), str):
+        stored = options["source_path"]
+        source_path = stored.removesuffix(f"/{options.get('dataset')}") if options.get("dataset") else stored
+    if source_path is not None:
+        values["source_path"] = source_path
+    return values
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, ReferenceCheckpoint | None]:
+    """A checkpoint of this project (read with ``weights_only=True``) or, failing that, one of the reference
+    implementation (read with the restricted unpickler): exactly one of the pair is not None."""
+    from engine.checkpoint import FORMAT, load_checkpoint
+    from engine.restricted_unpickler import load_restricted
+
+    try:
+        return load_checkpoint(path), None
+    except UserError as not_ours:
+        loaded = load_restricted(path)
+        if is_reference_checkpoint(loaded.obj):
+            return None, reference_checkpoint(path, loaded)
+        if isinstance(loaded.obj, dict) and loaded.obj.get("format") == FORMAT:
+            raise
+        raise UserError(
+            f"{path} is neither a checkpoint of this project nor one of the reference implementation "
+            "(a dict with 'state_dict' and 'opt')"
+        ) from not_ours
