@@ -158,6 +158,39 @@ class CheckpointEvaluation:
     report: Callable[[str], None] = print
 
 
+def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[str, Any], Callable[[nn.Module], None]]:
+    """Configuration values and a weight loader for a checkpoint of either kind; reports which kind it is."""
+    from architectures.reference_weights import load_reference_weights
+    from engine.reference_checkpoint import read_checkpoint, reference_eval_config
+
+    own, reference = read_checkpoint(path)
+    if own is not None:
+        request.report(f"{path}: a checkpoint of this project (read with weights_only=True)")
+        values = dict(own["config"], pretrained=False)
+        trained_on = values["dataset"]
+        values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
+        if request.normalize is not None:
+            values["normalize_features"] = request.normalize
+
+        def load(model: nn.Module) -> None:
+            model.load_state_dict(own["model"])
+
+    else:
+        request.report(reference.describe(path))
+        values = reference_eval_config(reference, request.dataset, request.source_path)
+        trained_on = reference.options.get("dataset")
+        values["normalize_features"] = bool(request.normalize)
+        if request.normalize is None:
+            request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
+
+        def load(model: nn.Module) -> None:
+            load_reference_weights(model, reference.state_dict, values["arch"])
+
+    if trained_on and values["dataset"] != trained_on:
+        request.report(f"evaluating on {values['dataset']} (the checkpoint was trained on {trained_on})")
+    return values, load
+
+
 def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     """Rebuild a checkpoint's model and test data and evaluate them (eval.py).
 
@@ -166,29 +199,14 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     one line saying which kind was read (and any setting the request changed).
     """
     from architectures import build_model, input_spec_for
-    from architectures.reference_weights import load_reference_weights
     from datasets import build_datasets
     from engine.checkpoint import resolve_checkpoint_path
-    from engine.reference_checkpoint import read_checkpoint, reference_eval_config
     from engine.runtime import resolve_device
     from metrics import canonical_metric_name
     from utilities.config import config_from_dict
 
     path = resolve_checkpoint_path(request.checkpoint)
-    own, reference = read_checkpoint(path)
-    if own is not None:
-        values = dict(own["config"], pretrained=False)
-        trained_on = values["dataset"]
-        request.report(f"{path}: a checkpoint of this project (read with weights_only=True)")
-        values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
-    else:
-        values = reference_eval_config(reference, request.dataset, request.source_path)
-        trained_on = reference.options.get("dataset")
-        request.report(reference.describe(path))
-        if request.normalize is None:
-            request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
-    if trained_on and values["dataset"] != trained_on:
-        request.report(f"evaluating on {values['dataset']} (the checkpoint was trained on {trained_on})")
+    values, load_weights = _checkpoint_setup(request, path)
     if request.metrics:
         values["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
         values["best_metric"] = values["evaluation_metrics"][0]
@@ -199,14 +217,10 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     cfg = config_from_dict(values, f"checkpoint {path}")
     torch_device = resolve_device(request.device, cfg.gpu)
     model = build_model(cfg)
-    if own is not None:
-        model.load_state_dict(own["model"])
-    else:
-        load_reference_weights(model, reference.state_dict, cfg.arch)
+    load_weights(model)
     model.to(torch_device)
     if torch_device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    normalize = request.normalize if request.normalize is not None else own is not None and cfg.normalize_features
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     embedded = {
         name: embed_dataset(
@@ -215,7 +229,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
             device=torch_device,
             batch_size=cfg.eval_batch_size,
             workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
-            normalize=normalize,
+            normalize=cfg.normalize_features,
         )
         for name in evaluation_splits(splits, use_val=False)
     }

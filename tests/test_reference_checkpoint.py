@@ -27,6 +27,7 @@ from torchvision import transforms as T
 
 from architectures import build_model
 from architectures.reference_weights import load_reference_weights
+from engine.evaluation import CheckpointEvaluation, evaluate_checkpoint
 from engine.reference_checkpoint import read_checkpoint, reference_eval_config
 from engine.restricted_unpickler import Placeholder
 from metrics import compute_metrics
@@ -249,6 +250,27 @@ def test_eval_py_with_the_reference_readme_command(reference_file, tmp_path):
     assert set(measured) == {"recall@1", "recall@2", "recall@4", "recall@10", "f1", "map@r_legacy"}
     for name, value in expected.items():
         assert measured[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_normal_flag_normalises_like_the_reference_eval(reference_file, tmp_path):
+    path, net, _ = reference_file
+    write_cub(tmp_path / "dml_data")
+    lines: list[str] = []
+    request = CheckpointEvaluation(
+        str(path),
+        source_path=str(tmp_path / "dml_data"),
+        metrics=["recall@1"],
+        workers=0,
+        normalize=True,
+        save_embeddings=str(tmp_path / "normal.npz"),
+        report=lines.append,
+    )
+    evaluate_checkpoint(request)
+    embeddings, _ = reference_embeddings(net, tmp_path / "dml_data")
+    with np.load(tmp_path / "normal.npz") as saved:
+        normalised = F.normalize(embeddings, dim=-1)
+        torch.testing.assert_close(torch.from_numpy(saved["embeddings"]), normalised, rtol=1e-5, atol=1e-5)
+    assert len(lines) == 1 and "a checkpoint of the reference implementation" in lines[0]
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
