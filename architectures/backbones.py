@@ -1,7 +1,8 @@
 """Backbone trunks: any timm model, and BN-Inception through pretrainedmodels.
 
 Pretrained weights are data: `pretrained: true` loads them through timm's hub cache (a download on first
-use), `pretrained_path: FILE` loads a local file and never touches the network. Without a network and
+use), `pretrained_path: FILE` loads a local file and never touches the network (a state dict, a checkpoint
+holding one, or a checkpoint of the reference implementation, whose backbone is then used). Without a network and
 without a cached or local file, the failure is a `UserError` that says what to do.
 """
 
@@ -47,13 +48,31 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
+        reference = _reference_checkpoint_weights(path)
+        if reference is None:
+            raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
+        return reference
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"pretrained_path: {path} does not hold a state dict")
     return state
+
+
+def _reference_checkpoint_weights(path: Path) -> dict[str, torch.Tensor] | None:
+    """The backbone weights of a checkpoint of the reference implementation (read without executing any of
+    its pickled objects), or None when `path` is not one."""
+    from architectures.reference_weights import reference_trunk_state
+    from utilities.restricted_unpickler import load_restricted
+
+    try:
+        loaded = load_restricted(path).obj
+    except UserError:
+        return None
+    if not (isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict) and "opt" in loaded):
+        return None
+    return reference_trunk_state(loaded["state_dict"])
 
 
 def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:

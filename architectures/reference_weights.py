@@ -41,6 +41,16 @@ def reference_state_dict(state: dict[str, torch.Tensor], arch: str) -> dict[str,
     return renamed
 
 
+def reference_trunk_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a reference `state_dict` under the pretrainedmodels / timm names (``conv1.weight``),
+    for `pretrained_path`: the embedding layer and the ``layer_blocks`` duplicates are left out."""
+    return {
+        key.removeprefix("model."): value
+        for key, value in state.items()
+        if key.startswith("model.") and not key.startswith("model.last_linear.")
+    }
+
+
 def load_reference_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
     """Load a reference `state_dict` into `model` (strict: every tensor must find its place and shape)."""
     renamed = reference_state_dict(state, arch)

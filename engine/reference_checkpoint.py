@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from engine.restricted_unpickler import RestrictedLoad
 from utilities.errors import UserError
 from utilities.reference import translate_arch
+from utilities.restricted_unpickler import RestrictedLoad
 
 # The reference eval.py's default metrics (In-Shop: its recall@1..50 query->gallery evaluation).
 REFERENCE_EVAL_METRICS = ["recall@1", "recall@2", "recall@4", "recall@10", "f1", "map@r_legacy"]
@@ -98,7 +98,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, ReferenceC
     """A checkpoint of this project (read with ``weights_only=True``) or, failing that, one of the reference
     implementation (read with the restricted unpickler): exactly one of the pair is not None."""
     from engine.checkpoint import FORMAT, load_checkpoint
-    from engine.restricted_unpickler import load_restricted
+    from utilities.restricted_unpickler import load_restricted
 
     try:
         return load_checkpoint(path), None

@@ -29,11 +29,11 @@ from architectures import build_model
 from architectures.reference_weights import load_reference_weights
 from engine.evaluation import CheckpointEvaluation, evaluate_checkpoint
 from engine.reference_checkpoint import read_checkpoint, reference_eval_config
-from engine.restricted_unpickler import Placeholder
 from metrics import compute_metrics
 from utilities.config import config_from_dict
 from utilities.errors import UserError
 from utilities.reference import translate_arch
+from utilities.restricted_unpickler import Placeholder
 
 REPO = Path(__file__).resolve().parents[1]
 EMBED_DIM = 64
@@ -189,6 +189,16 @@ def test_dataset_comes_from_the_checkpoint_or_the_command_line(reference_file):
         reference_eval_config(reference, None, None)
     inshop = reference_eval_config(reference, "inshop", None)
     assert inshop["evaluation_metrics"][:2] == ["recall@1", "recall@10"]
+
+
+def test_reference_checkpoint_as_pretrained_path_initialises_the_backbone(reference_file):
+    path, net, marker = reference_file
+    cfg = config_from_dict({"arch": "resnet50.tv_in1k", "pretrained": True, "pretrained_path": str(path)})
+    model = build_model(cfg)
+    assert not marker.exists()
+    torch.testing.assert_close(model.trunk.conv1.weight, net.model.conv1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.trunk.layer4[2].bn3.running_var, net.model.layer4[2].bn3.running_var)
+    assert model.head.weight.shape == (cfg.embed_dim, 2048)  # the embedding layer starts fresh
 
 
 def test_a_damaged_duplicate_or_a_wrong_size_is_a_user_error(reference_file):
