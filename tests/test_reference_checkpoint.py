@@ -33,7 +33,7 @@ from metrics import compute_metrics
 from utilities.config import config_from_dict
 from utilities.errors import UserError
 from utilities.reference import translate_arch
-from utilities.restricted_unpickler import Placeholder
+from utilities.restricted_unpickler import Placeholder, load_restricted
 
 REPO = Path(__file__).resolve().parents[1]
 EMBED_DIM = 64
@@ -62,6 +62,21 @@ class ReferenceLogger:
 
     def __init__(self) -> None:
         self.history = {"e_recall@1": [0.5, 0.6]}
+
+
+class ReferenceDataset(torch.utils.data.Dataset):
+    """Stands for the reference's datasets, which its checkpoints pickle inside their data loaders."""
+
+    def __init__(self) -> None:
+        self.image_dict = {0: ["a.jpg", "b.jpg"]}
+        self.avail_classes = np.array([0])
+        self.transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
 class RunsACommand:
@@ -99,12 +114,20 @@ def write_reference_checkpoint(path: Path, net: nn.Module, marker: Path, **optio
     )
     vars(opt).update(options)
     optimizer = torch.optim.Adam(net.model.last_linear.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.45)
+    loader = torch.utils.data.DataLoader(ReferenceDataset(), batch_size=2)
     torch.save(
         {
             "state_dict": net.state_dict(),
             "opt": opt,
             "progress": ReferenceLogger(),
-            "aux": {"optimizer": optimizer.state_dict(), "hook": RunsACommand(marker)},
+            "aux": {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "dataloaders": {"testing": loader},
+                "tags": ({"train", "test"}, b"\x00\xff"),
+                "hook": RunsACommand(marker),
+            },
             "proxy": torch.randn(4, EMBED_DIM),
             "saved_batch_mix": torch.empty(0),
         },
@@ -138,7 +161,7 @@ def test_reference_weights_give_the_reference_networks_embeddings(reference_file
     assert not marker.exists()
     assert any(name.endswith("system") for name in reference.placeholders)
     assert any(name.endswith("ReferenceLogger") for name in reference.placeholders)
-    assert "torch.utils" not in " ".join(reference.placeholders)  # optimizer state is plain tensors and dicts
+    assert "torch.utils.data.dataloader.DataLoader" in reference.placeholders
 
     values = reference_eval_config(reference, dataset=None, source_path=None)
     assert values["source_path"] == "../dml_data" and values["dataset"] == "cub200"
@@ -303,6 +326,31 @@ def test_files_that_are_not_checkpoints_exit_2(tmp_path):
         result = run_eval("--test_path", str(tmp_path / name), "--source_path", str(tmp_path))
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (name, result.stderr)
+
+
+def test_plain_values_are_rebuilt_exactly(tmp_path):
+    net = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    grid = torch.arange(12.0).reshape(3, 4)
+    value = {
+        "optimizer": optimizer.state_dict(),
+        "shared": (grid, grid[1:, 1:].t()),  # two views of one storage
+        "half": torch.ones(2, dtype=torch.half),
+        "misc": [{1, 2}, frozenset({3}), b"\x00\xff", 1.5, None, "text", torch.float16],
+        "opt": argparse.Namespace(arch="resnet50", device=torch.device("cuda", 1)),
+    }
+    torch.save(value, tmp_path / "plain.pth")
+    loaded = load_restricted(tmp_path / "plain.pth")
+    assert loaded.placeholders == []
+    restored = loaded.obj
+    assert restored["misc"] == value["misc"] and vars(restored["opt"]) == vars(value["opt"])
+    torch.testing.assert_close(restored["optimizer"]["state"][0]["exp_avg"], value["optimizer"]["state"][0]["exp_avg"])
+    assert restored["optimizer"]["param_groups"] == value["optimizer"]["param_groups"]
+    torch.testing.assert_close(restored["shared"][1], grid[1:, 1:].t())
+    assert restored["shared"][1].untyped_storage().data_ptr() == restored["shared"][0].untyped_storage().data_ptr()
+    assert restored["half"].dtype == torch.half
 
 
 def test_placeholders_are_inert():

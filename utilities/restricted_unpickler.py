@@ -10,7 +10,9 @@ name and the arguments it was given, and never calls anything.
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
+import codecs
 import collections
 import pickle
 import zipfile
@@ -105,6 +107,13 @@ def _rebuild_from_type(function: Any, new_type: Any, args: tuple, state: Any) ->
     return Placeholder(function, new_type, args, state)
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How protocol 2 writes bytes: `_codecs.encode(text, "latin1")`; no other codec is looked up."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"bytes in an unexpected encoding {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -121,6 +130,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
     ("builtins", "slice"): slice,
+    ("builtins", "bytearray"): bytearray,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 
 
@@ -141,6 +152,9 @@ class _Unpickler(pickle.Unpickler):
         self.placeholder_types: dict[str, type[Placeholder]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 2 (torch.save's) writes Python 2 names such as __builtin__.set; map them as pickle does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
