@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,18 +294,15 @@ def config_from_dict(values: dict[str, Any], where: str = "the configuration") -
     return validate(cfg)
 
 
-def apply_overrides(
-    cfg: Config, values: dict[str, Any], where: str, report: Callable[[str], None] | None = None
-) -> None:
+def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> list[str]:
     """Set the keys of one source on `cfg`; the reference implementation's options are translated first
-    (`utilities.reference`), each with one line to `report`."""
+    (`utilities.reference`). Returns one line per translated option."""
     values, lines = translate_reference(values, where, cfg.to_dict())
     for key, value in values.items():
         if key not in FIELDS:
             raise UserError(_unknown_key_message(key, where))
         setattr(cfg, key, coerce(key, value))
-    for line in lines if report else ():
-        report(line)
+    return lines
 
 
 def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
@@ -371,10 +368,8 @@ def parse_command_line(
     cfg = Config()
     if base:
         apply_overrides(cfg, base, "the stored configuration")
-    mapped: list[str] = []
-    if options.config:
-        apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}", mapped.append)
-    apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line", mapped.append)
+    mapped = apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}") if options.config else []
+    mapped += apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line")
     validate(cfg)
     for line in mapped:  # only once the whole configuration is valid: an error stays one line
         print(line, file=sys.stderr)
