@@ -22,19 +22,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from metrics.names import QUERY_GALLERY_METRICS
 from utilities.config import DATASET_NAMES
 from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
-DEFAULT_QUERY_GALLERY_METRICS = [
-    "recall@1",
-    "recall@10",
-    "recall@20",
-    "recall@30",
-    "recall@40",
-    "recall@50",
-    "map@r",
-]
 SINGLE_SET_KEYS = ("embeddings", "labels")
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
@@ -111,7 +103,7 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
     else:
         values, info = compute_query_gallery_metrics(
             *(arrays[key] for key in QUERY_GALLERY_KEYS),
-            metric_names or DEFAULT_QUERY_GALLERY_METRICS,
+            metric_names or list(QUERY_GALLERY_METRICS),
             return_info=True,
             **options,
         )

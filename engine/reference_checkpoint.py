@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
+from metrics.names import QUERY_GALLERY_METRICS
 from utilities.errors import UserError
 from utilities.reference import translate_arch
 from utilities.restricted_unpickler import RestrictedLoad
 
-# The reference eval.py's default metrics (In-Shop: its recall@1..50 query->gallery evaluation).
+# The reference eval.py's default metrics (In-Shop: QUERY_GALLERY_METRICS, its recall@1..50 and MAP@R).
 REFERENCE_EVAL_METRICS = ["recall@1", "recall@2", "recall@4", "recall@10", "f1", "map@r_legacy"]
-REFERENCE_INSHOP_METRICS = ["recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50"]
 
 
 @dataclass
@@ -83,7 +83,7 @@ def reference_eval_config(
         "augmentation": "base",
         "resolution": 224,
         "image_decoder": "pil",
-        "evaluation_metrics": REFERENCE_INSHOP_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS,
+        "evaluation_metrics": list(QUERY_GALLERY_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS),
     }
     values["best_metric"] = values["evaluation_metrics"][0]
     if source_path is None and isinstance(options.get("source_path"), str):

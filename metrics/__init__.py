@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from metrics.names import canonical_metric_name, parse_metric_list
+from metrics.names import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name, parse_metric_list
 
 _LAZY = {
     "compute_metrics": "metrics.compute",
@@ -29,7 +29,7 @@ _LAZY = {
     "kmeans_assignment": "metrics.clustering",
 }
 
-__all__ = ["canonical_metric_name", "parse_metric_list", *_LAZY]
+__all__ = ["CLUSTERING_METRICS", "QUERY_GALLERY_METRICS", "canonical_metric_name", "parse_metric_list", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,9 @@ PARAMETRISED_NAMES: dict[str, str] = {
 
 CLUSTERING_METRICS = frozenset({"nmi", "f1"})
 
+# Query -> gallery evaluation (In-Shop): the reference's fixed list (recall@1..50), plus MAP@R.
+QUERY_GALLERY_METRICS = ("recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50", "map@r")
+
 
 def canonical_metric_name(name: str) -> str:
     """Canonical spelling of a metric name or alias, e.g. ``e_recall@4`` -> ``recall@4``.

@@ -61,6 +61,7 @@ def test_list_values_on_the_command_line():
         ({"val_classes": 1.0}, "key 'val_classes' must be a fraction"),
         ({"evaluation_metrics": ["recall@1", "accuracy"]}, "accuracy"),
         ({"best_metric": "map@1000"}, "key 'best_metric' (map@1000) must be one of evaluation_metrics"),
+        ({"dataset": "inshop", "evaluation_metrics": ["recall@1", "nmi"]}, "nmi do not exist for In-Shop"),
     ],
 )
 def test_bad_values_name_the_key(values, message):

@@ -133,7 +133,8 @@ class Config:
 
     # --- evaluation ----------------------------------------------------------------------------------
     evaluation_metrics: list[str] = _key(
-        ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r"], "metrics computed at evaluation"
+        ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r"],
+        "metrics computed at evaluation (In-Shop default: recall@1/10/20/30/40/50, map@r)",
     )
     eval_every: int = _key(1, "evaluate every this many epochs (and after the last)")
     eval_backend: str = _key("auto", "nearest-neighbour backend", ("auto", "faiss", "torch"))
@@ -264,9 +265,16 @@ def validate(cfg: Config) -> Config:
         raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
     if cfg.dataset == "synthetic" and cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
-    from metrics import canonical_metric_name
+    from metrics import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name
 
     cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
+    clustering = [m for m in cfg.evaluation_metrics if m in CLUSTERING_METRICS]
+    if cfg.dataset == "inshop" and clustering:
+        if cfg.evaluation_metrics != FIELDS["evaluation_metrics"].default_factory():
+            raise UserError(
+                f"key 'evaluation_metrics': {', '.join(clustering)} do not exist for In-Shop (query -> gallery)"
+            )
+        cfg.evaluation_metrics = list(QUERY_GALLERY_METRICS)  # the default list, as the reference's In-Shop one
     cfg.best_metric = canonical_metric_name(cfg.best_metric)
     if cfg.best_metric not in cfg.evaluation_metrics:
         raise UserError(f"key 'best_metric' ({cfg.best_metric}) must be one of evaluation_metrics")
