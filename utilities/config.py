@@ -341,7 +341,12 @@ def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The argparse front end: run options plus every schema key, so --help lists them all."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=description,
+        allow_abbrev=False,
+        epilog="The reference implementation's option names (n_epochs, d_dis_ratio, fd2_bn, ...) and YAML files are "
+        "accepted too; each translated option is reported on one line (python -m utilities.reference lists them).",
+    )
     parser.add_argument("--config", help="YAML file of settings (command-line keys win over it)")
     parser.add_argument("--resume", help="continue a run: a checkpoint file or a run folder")
     parser.add_argument("--dry_run", action="store_true", help="check config and data, print a summary, exit")
