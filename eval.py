@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", "--test_path", dest="checkpoint", help="checkpoint of a training run")
     parser.add_argument("--evaluation_metrics", nargs="+", default=None, help="metric names (or a [list])")
     parser.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"])
-    parser.add_argument("--device", default=None, help="torch device for the search (default: cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: cpu; checkpoints: cuda if available)")
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads for the search")
     parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
     parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
