@@ -63,16 +63,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _reference_checkpoint_weights(path: Path) -> dict[str, torch.Tensor] | None:
     """The backbone weights of a checkpoint of the reference implementation (read without executing any of
     its pickled objects), or None when `path` is not one."""
-    from architectures.reference_weights import reference_trunk_state
+    from architectures.reference_weights import is_reference_checkpoint, reference_trunk_state
     from utilities.restricted_unpickler import load_restricted
 
     try:
         loaded = load_restricted(path).obj
     except UserError:
         return None
-    if not (isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict) and "opt" in loaded):
-        return None
-    return reference_trunk_state(loaded["state_dict"])
+    return reference_trunk_state(loaded["state_dict"]) if is_reference_checkpoint(loaded) else None
 
 
 def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:

@@ -10,9 +10,17 @@ BN-Inception sits in ``trunk.model``) and ``head.*``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from utilities.errors import UserError
+
+
+def is_reference_checkpoint(obj: Any) -> bool:
+    """The shape of a reference checkpoint: a dict with a `state_dict` and its options namespace `opt`."""
+    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "opt" in obj
+
 
 _TRUNK_PREFIX = {"resnet50.tv_in1k": "trunk.", "bninception": "trunk.model."}
 

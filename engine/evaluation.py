@@ -96,6 +96,13 @@ def evaluate_embeddings(
     return compute_metrics(embeddings, labels, list(metrics), backend=backend, device=embeddings.device)
 
 
+def embed_splits(
+    model: nn.Module, splits: dict[str, Dataset], names: Sequence[str], **options: Any
+) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    """`embed_dataset` (with `options`) of each named split."""
+    return {name: embed_dataset(model, splits[name], **options) for name in names}
+
+
 def evaluate_model(
     model: nn.Module,
     splits: dict[str, Dataset],
@@ -112,19 +119,17 @@ def evaluate_model(
 ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, np.ndarray]]]:
     """Embed the named splits and compute the metrics (on rank 0, shared with every rank)."""
     dist = dist or DistInfo()
-    embedded = {
-        name: embed_dataset(
-            model,
-            splits[name],
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            precision=precision,
-            normalize=normalize,
-            dist=dist,
-        )
-        for name in names
-    }
+    embedded = embed_splits(
+        model,
+        splits,
+        names,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        normalize=normalize,
+        dist=dist,
+    )
     values = evaluate_embeddings(embedded, metrics, backend) if dist.is_main else None
     return broadcast_object(values, dist), embedded
 
@@ -222,17 +227,15 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     if torch_device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
-    embedded = {
-        name: embed_dataset(
-            model,
-            splits[name],
-            device=torch_device,
-            batch_size=cfg.eval_batch_size,
-            workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
-            normalize=cfg.normalize_features,
-        )
-        for name in evaluation_splits(splits, use_val=False)
-    }
+    embedded = embed_splits(
+        model,
+        splits,
+        evaluation_splits(splits, use_val=False),
+        device=torch_device,
+        batch_size=cfg.eval_batch_size,
+        workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
+        normalize=cfg.normalize_features,
+    )
     if request.save_embeddings:
         write_embeddings(request.save_embeddings, embedded)
     if request.search_on_cpu:

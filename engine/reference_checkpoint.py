@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from architectures.reference_weights import is_reference_checkpoint
 from metrics.names import QUERY_GALLERY_METRICS
 from utilities.errors import UserError
 from utilities.reference import translate_arch
@@ -42,10 +43,6 @@ class ReferenceCheckpoint:
             f"{self.options.get('embed_dim')}, dataset {self.options.get('dataset')}), read without executing "
             f"its pickled objects{objects}"
         )
-
-
-def is_reference_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and "opt" in obj
 
 
 def reference_checkpoint(path: str | Path, loaded: RestrictedLoad) -> ReferenceCheckpoint:
