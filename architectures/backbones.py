@@ -74,10 +74,14 @@ def _reference_checkpoint_weights(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
-    """Load backbone weights, ignoring the ImageNet classifier; any other mismatch is an error."""
+    """Load backbone weights, ignoring the ImageNet classifier; any other mismatch is an error.
+
+    BatchNorm's `num_batches_tracked` counters may be absent (converted weights usually lack them, and they
+    only matter for momentum-free BatchNorm): those buffers then keep their initial value.
+    """
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in usable]
+    missing = [k for k in own if k not in usable and not k.endswith(".num_batches_tracked")]
     if missing:
         raise UserError(
             f"pretrained_path: {path} does not fit backbone '{name}' "
@@ -89,7 +93,7 @@ def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name:
                 f"pretrained_path: {path}: tensor {key} has shape {tuple(value.shape)}, expected "
                 f"{tuple(own[key].shape)} for '{name}'"
             )
-    module.load_state_dict(usable, strict=True)
+    module.load_state_dict(usable, strict=False)  # only counters can be missing here, and nothing is unexpected
 
 
 def timm_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:

@@ -1,6 +1,6 @@
 """The embedding network: a backbone trunk, pooling, a Linear head and an embedding normalisation.
 
-This is the reference implementation's head (spec §2.1) for any backbone: CNN feature maps are pooled with
+This is the reference implementation's head (docs/reference.md §2.1) for any backbone: CNN feature maps are pooled with
 `avg`, `max` or `avgmax` (global max + global average, the reference's `double`), token outputs (ViT, DeiT)
 use the backbone's own pooling; then Linear(features, embed_dim) with PyTorch's default initialisation,
 then LayerNorm without affine parameters (the reference), L2 normalisation, or nothing.

@@ -206,7 +206,7 @@ def run_gpu_tests(report: Report, sizes: Sizes, env: dict[str, str], out: Path |
     report.data["tests"] = {"returncode": done.returncode, "summary": summary, "counts": counts, "seconds": seconds}
     ok = done.returncode == 0 or (done.returncode == 5 and not counts.get("failed"))
     note = ("ok" if ok else "FAILED") + f", {seconds:.0f} s, {' '.join(Path(p).name for p in paths)}"
-    fixtures = os.environ.get("DADA_REFERENCE_DIR", str(REPO_ROOT.parent / "shared" / "fixtures" / "dada"))
+    fixtures = os.environ.get("DADA_REFERENCE_DIR") or str(REPO_ROOT / "tests" / "fixtures" / "dada")
     if not sizes.test_paths and not list(Path(fixtures).glob("*.json")):
         note += f"; no reference fixtures in {fixtures} (set DADA_REFERENCE_DIR): their CUDA cases did not run"
     report.add("1 tests", "pytest -m gpu", summary.strip("= "), note)

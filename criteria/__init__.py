@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 # Every configuration key read by build_criterion, with the reference implementation's default value
-# (its parameters.py / spec §5.3). The configuration schema owns the defaults; this documents them.
+# (its parameters.py / docs/reference.md §5.3). The configuration schema owns the defaults; this documents them.
 CRITERION_DEFAULTS: dict[str, Any] = {
     "loss": "proxy_anchor",
     "dada": True,

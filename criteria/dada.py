@@ -1,4 +1,4 @@
-"""The DADA criterion (spec §1.3–§1.9) and the plain proxy baseline.
+"""The DADA criterion (docs/reference.md §1.3–§1.9) and the plain proxy baseline.
 
 ``DADACriterion`` wraps any base proxy loss (``criteria.proxy_losses``) and adds the adversarial domain
 adaptation between the batch embeddings, the proxies and sample–proxy mixes:
@@ -9,7 +9,7 @@ adaptation between the batch embeddings, the proxies and sample–proxy mixes:
 Behaviour follows the reference implementation (``Noahsark/DADA``) exactly, including the order in which
 mixing coefficients are drawn (see ``criteria.mixing``), per-domain BatchNorm statistics and
 discriminators that stay in training mode. Not ported: ``mix_extension``, which crashes in the reference
-(target/logit size mismatch in the unified discriminator, spec §1.5). All criterion math runs in float32
+(target/logit size mismatch in the unified discriminator, docs/reference.md §1.5). All criterion math runs in float32
 with autocast disabled, whatever the caller's precision.
 """
 
@@ -167,7 +167,7 @@ class DADACriterion(nn.Module):
 
     @float32_forward
     def discriminator_loss(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_D (spec §1.8). The embeddings are detached here: no gradient reaches the network."""
+        """L_D (docs/reference.md §1.8). The embeddings are detached here: no gradient reaches the network."""
         labels = labels.to(embeddings.device)
         samples, labels, row_proxies = self._extended_batch(embeddings.detach(), labels)
         uni_term = (1.0 - self.class_ratio) * self._domain_loss(samples, row_proxies)
@@ -179,7 +179,8 @@ class DADACriterion(nn.Module):
 
     @float32_forward
     def generator_loss(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_G (spec §1.8): weighted proxy loss plus the adversarial part, gradients to network and proxies."""
+        """L_G (docs/reference.md §1.8): weighted proxy loss plus the adversarial part; gradients reach the
+        network and the proxies."""
         labels = labels.to(embeddings.device)
         samples, labels, row_proxies = self._extended_batch(embeddings, labels)
         proxy_loss = self.base_loss(samples, labels, self.proxies)
@@ -194,7 +195,7 @@ class DADACriterion(nn.Module):
         return self.generator_loss(embeddings, labels)
 
     def param_groups(self, proxy_lr: float, disc_lr: float, disc_decay: float) -> ParamGroups:
-        """Optimizer groups of spec §1.9.
+        """Optimizer groups of docs/reference.md §1.9.
 
         "proxy" (stepped with the generator): proxies at ``proxy_lr``; f of ``individual`` mode at
         ``disc_lr``. "discriminator": both discriminators at ``disc_lr`` with ``disc_decay``; W_mix of

@@ -1,4 +1,4 @@
-"""The two DADA discriminators (spec §1.7) and the class-prediction discrepancies.
+"""The two DADA discriminators (docs/reference.md §1.7) and the class-prediction discrepancies.
 
 Both are plain MLPs that stay in training mode, as in the reference (whose criterion is never switched
 to eval): BatchNorm always normalises with the statistics of the batch it is given, and Dropout is always

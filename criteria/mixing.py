@@ -1,4 +1,4 @@
-"""Mixing for DADA: where the Beta coefficients come from, and the two kinds of mixup (spec §1.3, §1.5).
+"""Mixing for DADA: where the Beta coefficients come from, and the two kinds of mixup (docs/reference.md §1.3, §1.5).
 
 The reference draws its coefficients with NumPy's global RNG. Here the source is injected (``MixSource``)
 so that tests can replay the reference's draws (``FixedDraws``) and training is deterministic, resumable
@@ -101,7 +101,7 @@ def positive_pair_indices(labels: Tensor) -> tuple[Tensor, Tensor]:
 def mix_positive_pairs(
     embeddings: Tensor, labels: Tensor, proxies: Tensor, source: MixSource
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Class mixup of positive pairs (spec §1.3): extend the batch with one mixed positive per class.
+    """Class mixup of positive pairs (docs/reference.md §1.3): extend the batch with one mixed positive per class.
 
     Returns (E, Y, Q): E = [e; λ_c e_a + (1 − λ_c) e_p], Y = [y; y_a], and the per-row proxies
     Q = [W_y; λ' W_{y_a} + (1 − λ') W_{y_p}]. The mixed proxies equal W_{y_a} up to rounding (both rows
@@ -126,7 +126,7 @@ def check_shift_scale(shift_scale: float) -> None:
 
 
 def random_mix(samples: Tensor, row_proxies: Tensor, coefficient: float, shift_scale: float = 1.0) -> Tensor:
-    """M = (1 − λs)·E + λs·Q for s ≥ 0;  M = λ(s+1)·E + (1 − λ(s+1))·Q for s < 0 (spec §1.5)."""
+    """M = (1 − λs)·E + λs·Q for s ≥ 0;  M = λ(s+1)·E + (1 − λ(s+1))·Q for s < 0 (docs/reference.md §1.5)."""
     check_shift_scale(shift_scale)
     if shift_scale < 0:
         on_sample = coefficient * (shift_scale + 1.0)
@@ -172,7 +172,7 @@ def sample_proxy_mix(
     shift_scale: float,
     mix_weight: Tensor | None,
 ) -> Tensor:
-    """The intermediate domain M from raw (un-normalised) samples and their per-row proxies (spec §1.5).
+    """The intermediate domain M from raw (un-normalised) samples and their per-row proxies (docs/reference.md §1.5).
 
     ``random`` draws one λ ~ Beta(alpha, beta) per call from ``source``; the other modes draw nothing.
     """

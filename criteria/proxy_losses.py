@@ -25,7 +25,7 @@ def masked_logsumexp(values: Tensor, mask: Tensor, dim: int) -> Tensor:
 
     The "1 +" comes from a column of zeros appended along ``dim``; masked-out entries are set to the most
     negative finite float rather than -inf so that the backward pass never produces NaN. This is the
-    soft-plus-of-a-sum that Proxy-Anchor style losses need (spec §1.4). ``dim`` is reduced away.
+    soft-plus-of-a-sum that Proxy-Anchor style losses need (docs/reference.md §1.4). ``dim`` is reduced away.
     """
     filled = values.masked_fill(~mask, torch.finfo(values.dtype).min)
     zeros_shape = list(values.shape)
@@ -45,7 +45,7 @@ class ProxyAnchorLoss(nn.Module):
     With cosine similarities s_{n,c} = <n̂(e_n), n̂(w_c)>:
 
     * L_neg = (1/C) Σ_c log(1 + Σ_{n: y_n ≠ c} exp(α₋ (s_{n,c} − δ₋)))       (δ₋ = −0.1 by default)
-    * L_pos, ``positive_mean="sample"`` (the DADA reference, spec §1.4, proxy_dim 0): averaged over the
+    * L_pos, ``positive_mean="sample"`` (the DADA reference, docs/reference.md §1.4, proxy_dim 0): averaged over the
       N per-sample columns, column j being the proxy of sample j's class —
       (1/N) Σ_j log(1 + Σ_{n: y_n = y_j} exp(−α₊ (s_{n,y_j} − δ₊))).
       Each positive proxy is thus weighted by its count in the batch. It is computed, like the reference,
@@ -95,7 +95,7 @@ class ProxyAnchorLoss(nn.Module):
 
 
 class SoftplusProxyLoss(nn.Module):
-    """The reference's ``proxy_dim = 1`` loss: a per-sample decoupled soft-plus loss (spec §1.4).
+    """The reference's ``proxy_dim = 1`` loss: a per-sample decoupled soft-plus loss (docs/reference.md §1.4).
 
     The reference calls it the "ProxyNCA" switch, but it is neither ProxyNCA (a softmax over negatives)
     nor ProxyNCA++; it is reproduced here under an honest name. Per sample n, with n_y the number of rows

@@ -5,7 +5,7 @@ Both samplers draw one *global* batch of `batch_size` indices per step with a ge
 contiguous slice `[rank * b / W, (rank + 1) * b / W)`. Concatenating the slices of ranks 0..W-1 gives
 exactly the batch a single process would use. Call `set_epoch(epoch)` before iterating each epoch.
 
-* `class_random` (`ClassRandomBatchSampler`): the reference sampler (spec §3.5).
+* `class_random` (`ClassRandomBatchSampler`): the reference sampler (docs/reference.md §3.5).
 * `m_per_class` (`MPerClassBatchSampler`): distinct classes and distinct images per batch, covering the
   data once per epoch.
 """
@@ -86,7 +86,7 @@ class _GlobalBatchSampler:
 
 
 class ClassRandomBatchSampler(_GlobalBatchSampler):
-    """The reference class-random sampler (spec §3.5).
+    """The reference class-random sampler (docs/reference.md §3.5).
 
     An epoch has ⌊N / batch_size⌋ batches (or `num_batches`). Each batch is built from
     batch_size / samples_per_class draws: a class chosen uniformly WITH replacement among all classes,

@@ -1,9 +1,10 @@
-"""Training and evaluation image pipelines (spec §3.4): PIL images, or uint8 tensors decoded by torchvision.
+"""Training and evaluation image pipelines (docs/reference.md §3.4): PIL images, or uint8 tensors decoded by
+torchvision.
 
 Sizes follow the reference at `resolution = 224`: training crops `resolution` pixels (`big`: the eval
 resize size, 256 at 224); evaluation resizes the shorter side to round(resolution * 256 / 224) and
 centre-crops `resolution` (`big`: centre-crops the resize size). Then ToTensor and the backbone's
-`Normalization` (BN-Inception also flips RGB to BGR after normalising, spec §2.2).
+`Normalization` (BN-Inception also flips RGB to BGR after normalising, docs/reference.md §2.2).
 
 | name | training pipeline (before ToTensor/Normalize) |
 |------|------------------------------------------------|

@@ -64,15 +64,27 @@ class SeededAugmentation(Dataset):
         return sample
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A generator for a DataLoader's own draws (worker base seeds), so they leave the global RNG alone."""
+    return torch.Generator().manual_seed(derive_seed(seed, -1))  # -1: a stream no epoch uses
+
+
 def build_train_loader(
     dataset: Dataset, sampler: Any, *, seed: int, workers: int, device: torch.device, dist: DistInfo
 ) -> tuple[DataLoader, SeededBatches]:
-    """Loader over the seeded batches; call `batches.set_epoch(epoch)` before each epoch."""
+    """Loader over the seeded batches; call `batches.set_epoch(epoch)` before each epoch.
+
+    The loader draws its workers' base seed from a generator of its own: creating an iterator would otherwise
+    take a number from the global torch RNG, and with persistent workers that happens once per process, so a
+    resumed run would draw it at its first epoch where an uninterrupted run does not, shifting every later
+    global draw (dropout, initialisations) of that epoch.
+    """
     batches = SeededBatches(sampler, seed, dist.rank)
     loader = DataLoader(
         SeededAugmentation(dataset),
         batch_sampler=batches,
         num_workers=workers,
+        generator=loader_generator(seed),
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

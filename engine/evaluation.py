@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from engine.data import loader_generator
 from utilities.distributed import DistInfo, broadcast_object, gather_uneven
 
 QUERY_GALLERY = ("query", "gallery")
@@ -50,6 +51,7 @@ def embed_dataset(
         shuffle=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        generator=loader_generator(0),  # evaluation leaves the global RNG as it found it
     )
     was_training = model.training
     model.eval()

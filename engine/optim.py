@@ -1,6 +1,6 @@
 """The three optimizers of DADA and one learning-rate schedule definition applied to all of them.
 
-Parameter groups (spec §1.9): the backbone optimizer holds every network parameter (Adam with coupled L2
+Parameter groups (docs/reference.md §1.9): the backbone optimizer holds every network parameter (Adam with coupled L2
 decay, or AdamW); the proxy optimizer holds the proxies (and the `individual` mix weights); the
 discriminator optimizer holds both discriminators (and the `linear` mix weights). The schedules are stepped
 once per epoch, only after the warm-up epochs, so the schedule starts counting at the first full epoch.

@@ -4,7 +4,7 @@ Such a file (e.g. the authors' released ``checkpoint_cub_embeds_e_recall@1.pth.t
 ``state_dict`` (the network), ``opt`` (the options namespace: ``arch``, ``embed_dim``, ``dataset``, ...),
 ``progress`` and ``aux`` (objects of the reference's own classes, data loaders included), ``proxy`` and
 ``saved_batch_mix``. It is read with `load_restricted` (nothing in it is executed), and its options become
-this project's evaluation configuration: the architecture flags of ``opt.arch`` (spec §2), ``embed_dim``,
+this project's evaluation configuration: the architecture flags of ``opt.arch`` (docs/reference.md §2), ``embed_dim``,
 the dataset, and the reference's evaluation transforms (PIL, Resize(256), CenterCrop(224), ImageNet
 normalisation).
 """
@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from architectures.reference_weights import is_reference_checkpoint
-from metrics.names import QUERY_GALLERY_METRICS
+from metrics.names import REFERENCE_INSHOP_METRICS
 from utilities.errors import UserError
 from utilities.reference import translate_arch
 from utilities.restricted_unpickler import RestrictedLoad
 
-# The reference eval.py's default metrics (In-Shop: QUERY_GALLERY_METRICS, its recall@1..50 and MAP@R).
+# The reference eval.py's default metrics. In-Shop: the reference's training-time In-Shop report
+# (REFERENCE_INSHOP_METRICS: recall@1/10/20/30/40/50 and its top-50 MAP), computed by this project's exact search.
 REFERENCE_EVAL_METRICS = ["recall@1", "recall@2", "recall@4", "recall@10", "f1", "map@r_legacy"]
 
 
@@ -80,7 +81,7 @@ def reference_eval_config(
         "augmentation": "base",
         "resolution": 224,
         "image_decoder": "pil",
-        "evaluation_metrics": list(QUERY_GALLERY_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS),
+        "evaluation_metrics": list(REFERENCE_INSHOP_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS),
     }
     values["best_metric"] = values["evaluation_metrics"][0]
     if source_path is None and isinstance(options.get("source_path"), str):

@@ -1,6 +1,6 @@
 """The training loop: epochs of adversarial steps, evaluation, checkpoints, logs, resume, plots.
 
-Per epoch (spec §1.10): re-seed from (seed, epoch); for each batch one `train_step`; step the schedules
+Per epoch (docs/reference.md §1.10): re-seed from (seed, epoch); for each batch one `train_step`; step the schedules
 unless the epoch was a warm-up; evaluate every `eval_every` epochs; write `metrics.csv`, `summary.json`,
 `checkpoints/last.pt` (and `best.pt` on improvement). A resumed run restarts at the epoch after the last
 completed one and ends with exactly the metrics of an uninterrupted run on the CPU.
@@ -9,6 +9,7 @@ completed one and ends with exactly the metrics of an uninterrupted run on the C
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,9 @@ class Run:
         return bool(getattr(self.criterion, "adversarial", False))
 
     def d_warmup_epochs(self) -> int:
-        return self.cfg.d_warmup if self.adversarial else 0
+        """Epochs in which only the discriminators train. Without DADA nothing trains in them, as in the
+        reference's baseline (`loss: oproxy`): a baseline and a DADA run then share their schedule."""
+        return self.cfg.d_warmup
 
 
 def _checkpoint_state(run: Run, full: bool) -> dict[str, Any]:
@@ -127,13 +130,19 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
         model.to(memory_format=torch.channels_last)
     wrapped: nn.Module = model
     if dist.enabled:
-        if cfg.sync_bn and not cfg.frozen_bn:
+        if cfg.sync_bn and not cfg.frozen_bn and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             wrapped = model
+        elif cfg.sync_bn and not cfg.frozen_bn and dist.is_main:
+            print(
+                "sync_bn: SyncBatchNorm needs CUDA devices; on the CPU each rank keeps its own BatchNorm statistics",
+                file=sys.stderr,
+                flush=True,
+            )
         wrapped = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.warmup > (cfg.d_warmup if cfg.dada else 0),
+            find_unused_parameters=cfg.warmup > cfg.d_warmup,
         )
     if cfg.compile:
         wrapped = torch.compile(wrapped)
@@ -176,6 +185,8 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
         run.criterion.mix_source.set_epoch(epoch)
     batches.set_epoch(epoch)
     warmup, d_warmup = epoch < cfg.warmup, epoch < run.d_warmup_epochs()
+    if d_warmup and not run.adversarial:
+        return {"skipped_updates": 0}  # nothing to train: no discriminators, and the generator waits
     ctx = StepContext(
         run.wrapped,
         run.criterion,

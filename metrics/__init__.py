@@ -1,4 +1,4 @@
-"""Retrieval and clustering metrics (spec §4): one exact kNN search and one k-means per evaluation.
+"""Retrieval and clustering metrics (docs/reference.md §4): one exact kNN search and one k-means per evaluation.
 
 Public API::
 

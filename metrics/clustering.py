@@ -30,7 +30,7 @@ def _pairs(counts: np.ndarray) -> float:
 
 
 def f1_from_assignment(labels: np.ndarray, assignment: np.ndarray) -> float:
-    """Pair-counting F1 (spec §4.2): TP = sum C(n_{class,cluster}, 2), P = TP / sum_class C(n_class, 2),
+    """Pair-counting F1 (docs/reference.md §4.2): TP = sum C(n_{class,cluster}, 2), P = TP / sum_class C(n_class, 2),
     R = TP / sum_cluster C(n_cluster, 2), F1 = 2PR / (P + R); 0 when there is no positive pair."""
     table = _contingency(np.asarray(labels), np.asarray(assignment))
     true_positives = _pairs(table)
@@ -53,7 +53,7 @@ def nmi_from_assignment(labels: np.ndarray, assignment: np.ndarray) -> float:
 def kmeans_assignment(
     embeddings: np.ndarray, num_clusters: int, *, backend: str = "faiss", device: str | None = None
 ) -> np.ndarray:
-    """Cluster index of every row after k-means with the reference settings (spec §4.1).
+    """Cluster index of every row after k-means with the reference settings (docs/reference.md §4.1).
 
     faiss: ``faiss.Clustering`` with niter 20, min/max points per centroid 1 / 1e9, seed 1234, trained with
     a flat L2 index (GPU when faiss sees one), then nearest centroid. torch: Lloyd iterations with the same

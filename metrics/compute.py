@@ -191,6 +191,10 @@ def _per_query(name: str, hits: torch.Tensor, relevant: torch.Tensor) -> torch.T
     k = metric_k(name)
     if name.startswith("recall@"):
         return retrieval.recall_at_k(hits, k)
+    if name.endswith("_legacy"):
+        return retrieval.map_at_k_legacy(hits, relevant, k)
+    if name.endswith("_inshop"):
+        return retrieval.map_at_k_inshop(hits, k)
     return retrieval.map_at_k(hits, relevant, k)
 
 

@@ -12,6 +12,9 @@ Worked example (one query, R = 2, neighbours ranked [hit, miss, hit, miss]):
     map@r = (1/R) * sum over hits at rank k <= R of precision@k = (1/2) * (1/1) = 0.5
     map@r_legacy (window and denominator f = R + 1 = 3) = (1/3) * (1/1 + 2/3) = 0.5556
     map@4 = (1/min(R, 4)) * (1/1 + 2/3) = 0.8333
+    map@4_legacy (denominator f = R + 1 = 3) = (1/3) * (1/1 + 2/3) = 0.5556
+    map@4_inshop (denominator = hits in the first 4 = 2) = (1/2) * (1/1 + 2/3) = 0.8333
+    map@1_inshop (one hit in the first 1) = 1, map@2_inshop = 1
 """
 
 from __future__ import annotations
@@ -71,3 +74,23 @@ def map_at_k(hits: torch.Tensor, num_relevant: torch.Tensor, k: int) -> torch.Te
     """
     precision = _precision_at_hits(hits[:, :k])
     return precision.sum(dim=1) / num_relevant.clamp(max=k).to(torch.float64)
+
+
+def map_at_k_legacy(hits: torch.Tensor, num_relevant: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference's ``mAP_1000`` for K = 1000: the first k neighbours, divided by the class size f = R + 1.
+
+    R = 2, k = 4, [hit, miss, hit, miss] -> (1/3) * (1 + 2/3) = 0.5556; a perfect ranking scores R / (R + 1).
+    """
+    precision = _precision_at_hits(hits[:, :k])
+    return precision.sum(dim=1) / (num_relevant + 1).to(torch.float64)
+
+
+def map_at_k_inshop(hits: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference's In-Shop ``MAP`` for K = 50: average precision over the first k gallery items, divided by
+    the number of hits among them (0 when there is none).
+
+    [miss, hit, miss, hit] with k = 4 -> (1/2) * (1/2 + 2/4) = 0.5; with k = 1 -> 0 (no hit).
+    """
+    precision = _precision_at_hits(hits[:, :k])
+    found = hits[:, :k].sum(dim=1).to(torch.float64)
+    return torch.where(found > 0, precision.sum(dim=1) / found.clamp(min=1), torch.zeros_like(found))

@@ -74,6 +74,27 @@ def test_local_weights_file_is_loaded_without_network(tmp_path):
     assert torch.equal(model.trunk.conv1[0].weight, source.conv1[0].weight)
 
 
+def test_weights_without_batchnorm_counters_load(tmp_path):
+    """Converted weights often lack BatchNorm's num_batches_tracked buffers; they load, every tensor in place."""
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    torch.nn.init.constant_(source.conv1[0].weight, 0.5)
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(source.state_dict())
+    path = tmp_path / "converted.pth"
+    torch.save(state, path)
+    model = build_model(model_config(pretrained=True, pretrained_path=str(path)))
+    for key, value in model.trunk.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, state[key]), key
+    # a real mismatch is still refused: one weight missing besides the counters
+    del state["conv1.0.weight"]
+    torch.save(state, path)
+    with pytest.raises(
+        UserError, match=r"does not fit backbone 'test_resnet' \(1 missing tensors, e.g. conv1.0.weight"
+    ):
+        build_model(model_config(pretrained=True, pretrained_path=str(path)))
+
+
 def test_weights_errors_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="pretrained_path: file not found"):
         build_model(model_config(pretrained=True, pretrained_path=str(tmp_path / "none.pth")))

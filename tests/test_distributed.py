@@ -85,3 +85,16 @@ def test_two_ranks_equal_one_process(tmp_path: Path):
         for key, value in one[part].items():
             torch.testing.assert_close(two[part][key], value, rtol=0, atol=1e-5, msg=f"resumed {part}.{key}")
     assert metric_rows(runs / "resumed_on_1")[-1]["recall@1"] == metric_rows(runs / "resumed_on_2")[-1]["recall@1"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
+def test_sync_bn_on_cpu_ranks_keeps_plain_batchnorm_and_says_so_once(tmp_path: Path):
+    """SyncBatchNorm works only on CUDA: CPU ranks train with their own BatchNorm, and rank 0 says so once."""
+    args = [*run_args(tmp_path, "sync"), "--frozen_bn", "false", "--sync_bn", "true", "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "main.py", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("sync_bn: SyncBatchNorm needs CUDA devices") == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "runs/synthetic/sync/checkpoints/last.pt").is_file()

@@ -143,6 +143,9 @@ def test_retrieval_worked_example() -> None:
     assert retrieval.map_at_r(hits, relevant).item() == 0.5
     assert retrieval.map_at_r_legacy(hits, relevant).item() == pytest.approx((1 + 2 / 3) / 3)
     assert retrieval.map_at_k(hits, relevant, 4).item() == pytest.approx((1 + 2 / 3) / 2)
+    assert retrieval.map_at_k_legacy(hits, relevant, 4).item() == pytest.approx((1 + 2 / 3) / 3)
+    assert retrieval.map_at_k_inshop(hits, 4).item() == pytest.approx((1 + 2 / 3) / 2)
+    assert retrieval.map_at_k_inshop(torch.tensor([[False, True, False, True]]), 4).item() == pytest.approx(0.5)
 
 
 def test_perfect_ranking_scores_one_except_legacy() -> None:
@@ -182,11 +185,71 @@ def test_query_gallery_hand_example() -> None:
     assert info["excluded_queries"] == 1
 
 
+def _reference_map_at_k(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """The reference's mAP_1000 written out: L2 neighbours, self dropped, sum of precision at hits / class size."""
+    distances = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    sizes = np.bincount(y)[y]
+    aps = []
+    for row in range(len(x)):
+        if sizes[row] == 1:
+            continue  # this project leaves out queries without any other item of their class (counted in info)
+        hit = y[order[row]] == y[row]
+        aps.append(np.sum(np.cumsum(hit) * hit / np.arange(1, k + 1)) / sizes[row])
+    return float(np.mean(aps))
+
+
+def _reference_inshop_map(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray, k: int) -> float:
+    """The reference's In-Shop MAP written out: cosine top-k gallery list, AP normalised by the hits found."""
+    scores = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    aps = []
+    for row, label in enumerate(ql):
+        ranked = gl[np.argsort(-scores[row], kind="stable")[:k]]
+        found, total = 0, 0.0
+        for rank, item in enumerate(ranked, start=1):
+            if item == label:
+                found += 1
+                total += found / rank
+        aps.append(total / found if found else 0.0)
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_legacy_map_at_k_is_the_reference_mAP_1000(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 12, 150)
+    x = (rng.standard_normal((12, 8))[y] + 0.9 * rng.standard_normal((150, 8))).astype(np.float32)
+    for k in (5, 40):
+        values = compute_metrics(x, y, [f"map@{k}_legacy", f"map@{k}"])
+        assert values[f"map@{k}_legacy"] == pytest.approx(_reference_map_at_k(x, y, k), rel=1e-12)
+        assert values[f"map@{k}_legacy"] < values[f"map@{k}"]  # lower: divided by f, not min(R, k)
+
+
+def test_inshop_map_is_the_reference_in_shop_MAP() -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((15, 8))
+    gl, ql = rng.integers(0, 15, 120), rng.integers(0, 15, 60)
+    ql[:15] = np.arange(15)  # every class has queries
+    gl[:15] = np.arange(15)  # and gallery items
+    g = (centres[gl] + 1.2 * rng.standard_normal((120, 8))).astype(np.float32)
+    q = (centres[ql] + 1.2 * rng.standard_normal((60, 8))).astype(np.float32)
+    normed_q, normed_g = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (q, g))
+    for k in (3, 50):
+        value = compute_query_gallery_metrics(normed_q, ql, normed_g, gl, [f"map@{k}_inshop"])[f"map@{k}_inshop"]
+        assert value == pytest.approx(_reference_inshop_map(q, ql, g, gl, k), rel=1e-12)
+    # a query without any hit among the first k scores 0, and counts
+    hits = torch.tensor([[False, False, True], [True, False, False]])
+    assert retrieval.map_at_k_inshop(hits, 2).tolist() == [0.0, 1.0]
+
+
 def test_alias_names() -> None:
     assert canonical_metric_name("e_recall@4") == "recall@4"
     assert canonical_metric_name("c_recall@16") == "recall@16"
     assert canonical_metric_name("mAP_R") == "map@r_legacy"
-    assert canonical_metric_name("mAP_1000") == "map@1000"
+    assert canonical_metric_name("mAP_1000") == "map@1000_legacy"  # the reference's denominator: f, not R
+    assert canonical_metric_name("c_mAP_1000") == "map@1000_legacy"
+    assert canonical_metric_name("MAP") == "map@50_inshop"  # the reference's In-Shop report
     assert canonical_metric_name("map@r") == "map@r"
     for bad in ("recall", "recall@0", "mAP@R", "accuracy"):
         with pytest.raises(UserError, match="metric"):

@@ -2,7 +2,7 @@
 evaluated by eval.py with the reference's command line.
 
 The test writes such a file itself: the reference's network layout (pretrainedmodels ResNet-50 as ``model``,
-its residual stages again under ``layer_blocks``, spec §2.1) with random weights, an options namespace, a
+its residual stages again under ``layer_blocks``, docs/reference.md §2.1) with random weights, an options namespace, a
 logger object of a class the loader must not import, optimizer state, and an object whose unpickling would
 run a shell command.
 """
@@ -40,7 +40,7 @@ EMBED_DIM = 64
 
 
 class ReferenceResNet50(nn.Module):
-    """The reference's `resnet50_frozen_layernorm_double` network, written from spec §2.1."""
+    """The reference's `resnet50_frozen_layernorm_double` network, written from docs/reference.md §2.1."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
@@ -176,7 +176,7 @@ def test_reference_weights_give_the_reference_networks_embeddings(reference_file
 
 
 class ReferenceBNInception(nn.Module):
-    """The reference's `bninception_frozen_layernorm_double` network, written from spec §2.2."""
+    """The reference's `bninception_frozen_layernorm_double` network, written from docs/reference.md §2.2."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """Parity of the DADA criterion with numbers produced by the reference implementation.
 
 Every ``<case>.json`` / ``<case>.npz`` pair in ``fixture_dir("DADA_REFERENCE_DIR", "dada")`` is a case (see
-the README in that folder): the criterion is built from the reference hyper-parameters, loaded with the
+tests/fixtures/README.md): the criterion is built from the reference hyper-parameters, loaded with the
 recorded proxies / discriminators / mix weight, fed the recorded Beta draws, and must reproduce the seven
 scalars and four gradients.
 """
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir
+from conftest import fixture_dir, record_parity, reference_cases, require_cases
 
 from criteria import (
     CRITERION_DEFAULTS,
@@ -44,10 +44,11 @@ OUTPUT_BN_PREFIXES = {"domain_out_bn": "domain.bn2.", "class_out_bn": "classifie
 
 
 def case_names() -> list[str]:
-    return sorted(path.stem for path in FIXTURES.glob("*.json"))
+    return reference_cases(FIXTURES)
 
 
 def load_case(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    require_cases(name, FIXTURES)
     spec = json.loads((FIXTURES / f"{name}.json").read_text())
     with np.load(FIXTURES / f"{name}.npz") as npz:
         arrays = {key: npz[key] for key in npz.files}
@@ -120,7 +121,7 @@ def evaluate(
 
 def test_fixture_folder_has_complete_pairs():
     names = case_names()
-    assert names, f"no *.json reference cases in {FIXTURES}"
+    require_cases(names[0], FIXTURES)
     for name in names:
         assert (FIXTURES / f"{name}.npz").is_file(), f"{name}.json has no {name}.npz"
     assert {p.stem for p in FIXTURES.glob("*.npz")} <= set(names), "a .npz without its .json"
@@ -139,9 +140,12 @@ def test_reference_case(name: str, device: str):
         assert scalars[key] == pytest.approx(spec["expected"][key], rel=1e-5), key
     for key, value in grads.items():
         np.testing.assert_allclose(value, arrays[key], atol=1e-6, rtol=1e-4, err_msg=key)
+    record_parity(FIXTURES, name)
 
 
-# One option changed at a time: (reference option, new value); None toggles a boolean.
+# One option changed at a time: (reference option, new value); None toggles a boolean. Each changes the losses
+# in every mix mode except `shift_scale`, which the reference reads only in the `random` mix: with
+# `mix_mode: individual | linear` it changes nothing (measured with the reference code: a change of exactly 0).
 VARIANTS = [
     ("proxy_dim", 1),
     ("pos_class_mix", None),
@@ -155,33 +159,55 @@ VARIANTS = [
     ("fc2_bn", None),
     ("active_func", "leaky"),
 ]
+MIX_MODES = ("random", "individual", "linear")
 SPARE_DRAWS = [0.42, 0.77, 0.13, 0.58]
 
 
-@pytest.mark.parametrize("name", case_names())
-def test_each_option_runs_and_changes_the_result(name: str):
-    spec, arrays = load_case(name)
+def changes_the_losses(option: str, hparams: dict) -> bool:
+    """Whether the reference's losses depend on `option` under the other settings of `hparams`."""
+    return option != "shift_scale" or hparams["mix_mode"] == "random"
+
+
+def evaluate_hparams(hparams: dict, arrays: dict[str, np.ndarray], spec: dict) -> dict[str, float]:
+    """The seven scalars of the case's inputs under `hparams` (a fixed mix weight for the learnable mixes)."""
+    case_arrays = dict(arrays)
+    if hparams.get("mix_mode", "random") != "random" and "mix_weight" not in arrays:
+        torch.manual_seed(0)
+        case_arrays["mix_weight"] = init_mix_weight(hparams["mix_mode"], arrays["embeddings"].shape[1]).detach().numpy()
     draws_g = spec["mix_draws_generator"] + SPARE_DRAWS
     draws_d = spec["mix_draws_discriminator"] + SPARE_DRAWS
-    base_scalars, _, _ = evaluate(build_case_criterion(spec["hyperparameters"], arrays), arrays, draws_g, draws_d)
-    embed_dim = arrays["embeddings"].shape[1]
+    scalars, grads, _ = evaluate(build_case_criterion(hparams, case_arrays), case_arrays, draws_g, draws_d)
+    assert all(math.isfinite(v) for v in scalars.values()), (hparams, scalars)
+    assert all(np.isfinite(g).all() for g in grads.values()), hparams
+    return scalars
+
+
+@pytest.mark.parametrize("mix_mode", MIX_MODES)
+@pytest.mark.parametrize("name", case_names())
+def test_each_option_changes_the_result_exactly_where_the_reference_does(name: str, mix_mode: str):
+    """Every option of VARIANTS, from a base of the case in each mix mode: the losses change where the
+    reference's do, and stay exactly equal where the reference ignores the option."""
+    spec, arrays = load_case(name)
+    if spec["hyperparameters"].get("mix_mode", "random") != mix_mode:
+        arrays = {k: v for k, v in arrays.items() if k != "mix_weight"}  # the case's own weight fits its mode only
+    base_hparams = {**spec["hyperparameters"], "mix_mode": mix_mode}
+    base = evaluate_hparams(base_hparams, arrays, spec)
 
     for option, value in VARIANTS:
-        hparams = dict(spec["hyperparameters"])
+        hparams = dict(base_hparams)
         hparams[option] = (not hparams[option]) if value is None else value
-        if hparams[option] == spec["hyperparameters"][option]:
+        if hparams[option] == base_hparams[option]:
             continue
-        case_arrays = dict(arrays)
+        variant_arrays = arrays
         if option == "mix_mode":
-            torch.manual_seed(0)
-            case_arrays["mix_weight"] = init_mix_weight(value, embed_dim).detach().numpy()
-        criterion = build_case_criterion(hparams, case_arrays)
-        scalars, grads, _ = evaluate(criterion, case_arrays, draws_g, draws_d)
-
-        assert all(math.isfinite(v) for v in scalars.values()), (option, scalars)
-        assert all(np.isfinite(g).all() for g in grads.values()), option
-        change = max(abs(scalars[k] - base_scalars[k]) for k in SCALARS)
-        assert change > 1e-6, f"{option}={hparams[option]!r} did not change any loss"
+            variant_arrays = {k: v for k, v in arrays.items() if k != "mix_weight"}
+        scalars = evaluate_hparams(hparams, variant_arrays, spec)
+        change = max(abs(scalars[k] - base[k]) for k in SCALARS)
+        label = f"{option}={hparams[option]!r} with mix_mode={mix_mode}"
+        if changes_the_losses(option, base_hparams):
+            assert change > 1e-6, f"{label} did not change any loss"
+        else:
+            assert scalars == base, f"{label} changed the losses; the reference ignores it there"
 
 
 def test_loader_rejects_an_unknown_option():

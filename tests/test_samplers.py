@@ -38,7 +38,7 @@ def test_class_random_batch_composition_and_length() -> None:
 
 def test_class_random_draws_with_replacement() -> None:
     # one class per group with replacement: over many batches a class repeats inside a batch and an
-    # image repeats inside a group (reference behaviour, spec §3.5)
+    # image repeats inside a group (reference behaviour, docs/reference.md §3.5)
     sampler = ClassRandomBatchSampler(LABELS, batch_size=24, samples_per_class=2, seed=1, num_batches=200)
     batches = np.asarray(epoch_batches(sampler, 0))
     assert batches.shape == (200, 24)

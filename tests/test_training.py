@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,9 +126,6 @@ def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monk
     assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     assert main_module.main(["--resume", str(folder)]) == 0
 
-    def without_time(rows):
-        return [{k: v for k, v in row.items() if k != "time"} for row in rows]
-
     assert without_time(read_rows(folder / "metrics.csv")) == without_time(read_rows(reference / "metrics.csv"))
     resumed = json.loads((folder / "summary.json").read_text())
     uninterrupted = json.loads((reference / "summary.json").read_text())
@@ -136,6 +135,55 @@ def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monk
     for part in ("model", "criterion"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), key
+
+
+def without_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def test_run_killed_at_an_epoch_boundary_resumes_exactly_with_loader_workers(tmp_path: Path):
+    """SIGKILL right after the first checkpoint, as a crash would; the resumed run, with 2 persistent loader
+    workers, ends with exactly the metrics, losses and weights of an uninterrupted run with 2 workers."""
+
+    def args(name: str) -> list[str]:
+        return [*tiny_args(tmp_path, name, epochs=3), "--kernels", "2", "--plots", "false"]
+
+    assert main_module.main(args("full")) == 0
+    folder = tmp_path / "runs" / "synthetic" / "killed"
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args("killed")], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoints" / "last.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    stored_epoch = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"]
+    assert stored_epoch < 3
+    assert main_module.main(["--resume", str(folder)]) == 0
+
+    reference = tmp_path / "runs" / "synthetic" / "full"
+    assert without_time(read_rows(folder / "metrics.csv")) == without_time(read_rows(reference / "metrics.csv"))
+    assert json.loads((folder / "summary.json").read_text()) == json.loads((reference / "summary.json").read_text())
+    a = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
+    for part in ("model", "criterion"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+
+
+def test_baseline_trains_nothing_in_its_discriminator_warmup(tmp_path: Path):
+    """Without DADA, a d_warmup epoch trains nothing (as the reference's `loss: oproxy`) and holds the schedule."""
+    args = [*tiny_args(tmp_path, "baseline", epochs=2), "--dada", "false", "--d_warmup", "1", "--plots", "false",
+            "--scheduler", "step", "--lr_step", "1", "--lr_gamma", "0.5"]  # fmt: skip
+    assert main_module.main(args) == 0
+    rows = read_rows(tmp_path / "runs" / "synthetic" / "baseline" / "metrics.csv")
+    before, idle, trained = rows
+    metric_keys = ("recall@1", "recall@2", "map@r", "nmi", "f1")
+    assert all(idle[k] == before[k] for k in metric_keys), (before, idle)
+    assert any(trained[k] != idle[k] for k in metric_keys), (idle, trained)
+    assert float(idle["lr_backbone"]) == float(trained["lr_backbone"]) * 2 == 0.01  # stepped after epoch 1 only
 
 
 def test_a_second_run_gets_a_new_folder_and_tensorboard_scalars(tiny_run: Path):

@@ -52,7 +52,9 @@ class Config:
     compile: bool = _key(False, "torch.compile the backbone (CUDA)")
     tensorboard: bool = _key(False, "also write TensorBoard scalars to <run>/tensorboard")
     plots: bool = _key(True, "write learning curves and a 2-D embedding map to the run folder")
-    sync_bn: bool = _key(False, "convert trainable backbone BatchNorm to SyncBatchNorm under torchrun")
+    sync_bn: bool = _key(
+        False, "SyncBatchNorm for trainable backbone BatchNorm under torchrun on CUDA (CPU ranks keep their own)"
+    )
     max_nonfinite: int = _key(20, "stop the run after this many consecutive non-finite losses")
 
     # --- data ----------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ class Config:
     lr_linear_end: float = _key(0.01, "linear schedule: final learning-rate factor")
     lr_linear_length: int = _key(20, "linear schedule: epochs (counted after warm-up) to reach the final factor")
     warmup: int = _key(1, "epochs that train only the embedding head and the proxies")
-    d_warmup: int = _key(1, "epochs that train only the discriminators")
+    d_warmup: int = _key(1, "epochs that train only the discriminators (without DADA: nothing, as the reference)")
 
     # --- evaluation ----------------------------------------------------------------------------------
     evaluation_metrics: list[str] = _key(

@@ -101,7 +101,8 @@ def is_reference_arch(name: Any) -> bool:
 
 
 def translate_arch(name: str) -> dict[str, Any]:
-    """The keys of a reference architecture name (spec §2): trunk, BatchNorm freezing, pooling, normalisation.
+    """The keys of a reference architecture name (docs/reference.md §2): trunk, BatchNorm freezing, pooling,
+    normalisation.
 
     ``resnet50_frozen_layernorm_double`` -> resnet50.tv_in1k (torchvision's ImageNet weights, the ones the
     reference loads through pretrainedmodels), frozen BatchNorm statistics, global max + average pooling,
@@ -150,11 +151,6 @@ def _not(value: Any) -> bool:
     return not value
 
 
-def _dis_mode(value: Any) -> str:
-    # The reference computes NWD for "nwd" and the L1 distance for anything else.
-    return "nwd" if value == "nwd" else "l1"
-
-
 REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
     # --- training schedule -----------------------------------------------------------------------------
     "n_epochs": _rename("epochs"),
@@ -197,7 +193,9 @@ REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
     "dis_gamma": _rename("adv_weight"),
     "d_dis_ratio": _rename("class_ratio"),
     "d_discrepancy_ratio": _rename("discrepancy_weight"),
-    "dis_mode": _rename("discrepancy", _dis_mode, "`nwd`; any other value is the L1 distance (`l1`)"),
+    "dis_mode": _choice(
+        "discrepancy", {"nwd": "nwd", "l1": "l1"}, "`nwd` or `l1`; the reference raises an error for any other value"
+    ),
     "dis_decay": _rename("disc_decay", float),
     "normal": ReferenceOption(
         "normalize_features",
