@@ -97,7 +97,14 @@ def build_context(cfg: Config, device: torch.device, n_classes: int, *, channels
     runner = torch.compile(model) if compile else model
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     return StepContext(
-        runner, criterion, optimizers, device, cfg.precision, scaler, d_step=cfg.d_step, g_step=cfg.g_step
+        model=runner,
+        criterion=criterion,
+        optimizers=optimizers,
+        device=device,
+        precision=cfg.precision,
+        scaler=scaler,
+        d_step=cfg.d_step,
+        g_step=cfg.g_step,
     )
 
 

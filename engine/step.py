@@ -20,7 +20,7 @@ from torch import nn
 from utilities.distributed import DistInfo, gather_batch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
     """Everything an iteration needs besides the batch."""
 

@@ -8,6 +8,7 @@ completed one and ends with exactly the metrics of an uninterrupted run on the C
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -29,6 +30,7 @@ from engine.runtime import resolve_device
 from engine.step import StepContext, train_step
 from utilities.config import Config, write_yaml
 from utilities.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
+from utilities.errors import UserError
 from utilities.seeding import derive_seed, seed_everything
 
 
@@ -49,7 +51,7 @@ class RunState:
     nonfinite_streak: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """The live objects of a training run."""
 
@@ -89,14 +91,7 @@ def _checkpoint_state(run: Run, full: bool) -> dict[str, Any]:
             optimizers={k: v.state_dict() for k, v in run.optimizers.items()},
             schedulers={k: v.state_dict() for k, v in run.schedulers.items()},
             scaler=run.scaler.state_dict() if run.scaler is not None else {},
-            run_state={
-                "history": run.state.history,
-                "initial": run.state.initial,
-                "last": run.state.last,
-                "best": run.state.best,
-                "best_epoch": run.state.best_epoch,
-                "nonfinite_streak": run.state.nonfinite_streak,
-            },
+            run_state={k: v for k, v in dataclasses.asdict(run.state).items() if k != "epoch"},
         )
     return state
 
@@ -111,6 +106,12 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
     if run.scaler is not None and checkpoint.get("scaler"):
         run.scaler.load_state_dict(checkpoint["scaler"])
     stored = checkpoint["run_state"]
+    expected = {f.name for f in dataclasses.fields(RunState)} - {"epoch"}
+    if set(stored) != expected:
+        missing, unknown = sorted(expected - set(stored)), sorted(set(stored) - expected)
+        raise UserError(
+            f"--resume: the checkpoint's run state does not match this version (missing {missing}, unknown {unknown})"
+        )
     run.state = RunState(epoch=checkpoint["epoch"], **stored)
 
 
@@ -149,7 +150,20 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     optimizers = build_optimizers(cfg, model, criterion)
     schedulers = build_schedulers(cfg, optimizers)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    run = Run(cfg, None, device, dist, model, wrapped, criterion, optimizers, schedulers, scaler, splits, RunState())
+    run = Run(
+        cfg=cfg,
+        folder=None,
+        device=device,
+        dist=dist,
+        model=model,
+        wrapped=wrapped,
+        criterion=criterion,
+        optimizers=optimizers,
+        schedulers=schedulers,
+        scaler=scaler,
+        splits=splits,
+        state=RunState(),
+    )
     if resume:
         # optimizers and modules copy the stored tensors onto their own device when loading
         _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
@@ -188,15 +202,15 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
     if d_warmup and not run.adversarial:
         return {"skipped_updates": 0}  # nothing to train: no discriminators, and the generator waits
     ctx = StepContext(
-        run.wrapped,
-        run.criterion,
-        run.optimizers,
-        run.device,
-        cfg.precision,
-        run.scaler,
-        cfg.d_step,
-        cfg.g_step,
-        run.dist,
+        model=run.wrapped,
+        criterion=run.criterion,
+        optimizers=run.optimizers,
+        device=run.device,
+        precision=cfg.precision,
+        scaler=run.scaler,
+        d_step=cfg.d_step,
+        g_step=cfg.g_step,
+        dist=run.dist,
     )
     run.model.train()
     run.criterion.train()
@@ -368,8 +382,6 @@ def _tensorboard(cfg: Config, folder: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        from utilities.errors import UserError
-
         message = "key 'tensorboard' is true but the tensorboard package is missing: pip install tensorboard"
         raise UserError(message) from None
     return SummaryWriter(str(folder / "tensorboard"))

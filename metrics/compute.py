@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from metrics import retrieval
 from metrics.clustering import f1_from_assignment, kmeans_assignment, nmi_from_assignment
 from metrics.knn import KnnStats, iter_knn
-from metrics.names import CLUSTERING_METRICS, canonical_metric_name, metric_k
+from metrics.names import CLUSTERING_METRICS, MetricSpec, canonical_metric_name, resolve_metric
 from utilities.errors import UserError
 
 BACKENDS = ("auto", "faiss", "torch")
@@ -103,15 +104,8 @@ def _validate(names: Sequence[str]) -> list[str]:
 
 
 def _needed_k(names: list[str], max_relevant: int) -> int:
-    k = 0
-    for name in names:
-        if name in ("map@r", "r_precision"):
-            k = max(k, max_relevant)
-        elif name == "map@r_legacy":
-            k = max(k, max_relevant + 1)
-        elif metric_k(name) is not None:
-            k = max(k, metric_k(name))
-    return k
+    """Neighbours the search must return for every metric of `names` (see `MetricSpec.neighbours`)."""
+    return max((spec.neighbours(k, max_relevant) for spec, k in map(resolve_metric, names)), default=0)
 
 
 class _Threads:
@@ -182,20 +176,20 @@ def _retrieval(
 
 
 def _per_query(name: str, hits: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    if name == "map@r":
-        return retrieval.map_at_r(hits, relevant)
-    if name == "r_precision":
-        return retrieval.r_precision(hits, relevant)
-    if name == "map@r_legacy":
-        return retrieval.map_at_r_legacy(hits, relevant)
-    k = metric_k(name)
-    if name.startswith("recall@"):
-        return retrieval.recall_at_k(hits, k)
-    if name.endswith("_legacy"):
-        return retrieval.map_at_k_legacy(hits, relevant, k)
-    if name.endswith("_inshop"):
-        return retrieval.map_at_k_inshop(hits, k)
-    return retrieval.map_at_k(hits, relevant, k)
+    """One value per query of metric `name`, from its per-query function in `metrics.retrieval`."""
+    spec, k = resolve_metric(name)
+    return _scorer(spec)(**_arguments(spec, hits=hits, num_relevant=relevant, k=k))
+
+
+@functools.cache
+def _scorer(spec: MetricSpec) -> Any:
+    return getattr(retrieval, spec.function)
+
+
+def _arguments(spec: MetricSpec, **available: Any) -> dict[str, Any]:
+    """The subset of `available` that the metric's per-query function takes (``hits``, ``num_relevant``, ``k``)."""
+    parameters = inspect.signature(_scorer(spec)).parameters
+    return {name: value for name, value in available.items() if name in parameters}
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -273,9 +267,9 @@ def compute_query_gallery_metrics(
     metrics are not defined here (UserError).
     """
     names = _validate(metrics)
-    clustering = [n for n in names if n in CLUSTERING_METRICS]
-    if clustering:
-        raise UserError(f"metric(s) {', '.join(clustering)} are not available for query/gallery evaluation")
+    unavailable = [n for n in names if not resolve_metric(n)[0].query_gallery]
+    if unavailable:
+        raise UserError(f"metric(s) {', '.join(unavailable)} are not available for query/gallery evaluation")
     q = _as_embeddings(query_embeddings, "query_embeddings")
     g = _as_embeddings(gallery_embeddings, "gallery_embeddings")
     if q.shape[1] != g.shape[1]:

@@ -1,56 +1,118 @@
-"""Metric names: canonical spelling, the reference implementation's aliases, and list parsing.
+"""The metric registry: every metric's name, definition, reference aliases and what computing it needs.
 
-Canonical names (what every result dict uses as keys):
+`METRICS` is the one list of metrics. Each `MetricSpec` says how its canonical names are spelled (``recall@K``
+is a family: ``recall@1``, ``recall@4``, ...), which names of the reference implementation (``Noahsark/DADA``)
+mean the same thing, how many neighbours the search must return, which function of `metrics.retrieval`
+scores one query (clustering metrics have none: they come from one k-means), and whether it exists for
+query -> gallery evaluation. Name parsing, `compute_metrics`, configuration validation, ``--help`` and the
+README's metric table all read it. This module imports no torch, so a bad name is reported at once.
 
-* ``recall@K``       fraction of queries with a same-class item among their K nearest neighbours
-* ``map@r``          MAP@R ("A Metric Learning Reality Check"; R = number of other images of the class)
-* ``r_precision``    R-precision with the same R
-* ``map@r_legacy``   the reference implementation's ``mAP_R`` (window and denominator include the query)
-* ``map@K``          average precision over the first K neighbours (``map@1000``), denominator min(R, K)
-* ``map@K_legacy``   the reference's ``mAP_1000`` (K = 1000): the first K neighbours, denominator the class size
-                     including the query (R + 1), so its values are lower than ``map@K``'s
-* ``map@K_inshop``   the reference's In-Shop ``MAP`` (K = 50): average precision over the first K gallery items,
-                     divided by the number of hits found there (0 when there is none)
-* ``nmi``            normalised mutual information between k-means clusters and classes
-* ``f1``             pair-counting F1 between k-means clusters and classes
+Adding a metric: a per-query function in ``metrics/retrieval.py`` (``f(hits, num_relevant, k)``, any subset of
+those parameters), then one entry here::
 
-Aliases of the reference (``Noahsark/DADA``): ``e_recall@K`` and ``c_recall@K`` -> ``recall@K``,
-``mAP_R`` -> ``map@r_legacy`` (NOT ``map@r``: the reference's R includes the query), ``mAP_1000`` and
-``c_mAP_1000`` -> ``map@1000_legacy`` (NOT ``map@1000``, for the same reason), ``MAP`` (its In-Shop report) ->
-``map@50_inshop``.
+    MetricSpec("precision@K", "fraction of same-class items among the first K neighbours",
+               function="precision_at_k", neighbours=lambda k, r: k)
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from utilities.errors import UserError
 
-FIXED_NAMES: dict[str, str] = {
-    "map@r": "map@r",
-    "r_precision": "r_precision",
-    "map@r_legacy": "map@r_legacy",
-    "nmi": "nmi",
-    "f1": "f1",
-    # aliases of the reference implementation
-    "mAP_R": "map@r_legacy",
-    "mAP_1000": "map@1000_legacy",
-    "c_mAP_1000": "map@1000_legacy",
-    "MAP": "map@50_inshop",
-}
 
-# Parametrised names: a regular expression with one integer group -> canonical template.
-PARAMETRISED_NAMES: dict[str, str] = {
-    r"recall@(\d+)": "recall@{}",
-    r"e_recall@(\d+)": "recall@{}",
-    r"c_recall@(\d+)": "recall@{}",
-    r"map@(\d+)": "map@{}",
-    r"map@(\d+)_legacy": "map@{}_legacy",
-    r"map@(\d+)_inshop": "map@{}_inshop",
-}
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric, or a family of metrics parametrised by K (``name`` contains ``K``: ``recall@K``).
 
-CLUSTERING_METRICS = frozenset({"nmi", "f1"})
+    `neighbours(k, max_relevant)` is the number of nearest neighbours its per-query function reads, given
+    K (None for unparametrised metrics) and the largest number of relevant items of any query.
+    `function` names the per-query function in `metrics.retrieval`; None for clustering metrics.
+    `aliases` are the reference implementation's names (a ``K`` in an alias stands for the same integer).
+    """
+
+    name: str
+    definition: str
+    function: str | None = None
+    neighbours: Callable[[int | None, int], int] = lambda k, r: 0
+    query_gallery: bool = True
+    aliases: tuple[str, ...] = ()
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _compile(self.name))
+
+    @property
+    def clustering(self) -> bool:
+        return self.function is None
+
+    @property
+    def parametrised(self) -> bool:
+        return "K" in self.name
+
+    def canonical(self, k: int | None) -> str:
+        return self.name.replace("K", str(k)) if self.parametrised else self.name
+
+
+def _compile(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name).replace("K", r"(\d+)"))
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "recall@K",
+        "fraction of queries with a same-class item among their K nearest neighbours",
+        function="recall_at_k",
+        neighbours=lambda k, r: k,
+        aliases=("e_recall@K", "c_recall@K"),
+    ),
+    MetricSpec(
+        "map@r",
+        "MAP@R (Musgrave et al. 2020), R = number of other items of the query's class",
+        function="map_at_r",
+        neighbours=lambda k, r: r,
+    ),
+    MetricSpec(
+        "r_precision", "precision among the first R neighbours", function="r_precision", neighbours=lambda k, r: r
+    ),
+    MetricSpec(
+        "map@r_legacy",
+        "the reference's `mAP_R`: R includes the query (a perfect embedding scores (R−1)/R)",
+        function="map_at_r_legacy",
+        neighbours=lambda k, r: r + 1,
+        query_gallery=False,
+        aliases=("mAP_R",),
+    ),
+    MetricSpec(
+        "map@K",
+        "average precision over the first K neighbours, divided by min(R, K) (a perfect embedding scores 1)",
+        function="map_at_k",
+        neighbours=lambda k, r: k,
+    ),
+    MetricSpec(
+        "map@K_legacy",
+        "the reference's `mAP_1000` (K = 1000): the first K neighbours, divided by the class size including the query",
+        function="map_at_k_legacy",
+        neighbours=lambda k, r: k,
+        query_gallery=False,
+        aliases=("mAP_1000", "c_mAP_1000"),
+    ),
+    MetricSpec(
+        "map@K_inshop",
+        "the reference's In-Shop `MAP` (K = 50): average precision over the first K gallery items, divided by the "
+        "number of hits among them (0 without any)",
+        function="map_at_k_inshop",
+        neighbours=lambda k, r: k,
+        aliases=("MAP",),
+    ),
+    MetricSpec("nmi", "k-means (K = number of classes) vs labels: normalised mutual information", query_gallery=False),
+    MetricSpec("f1", "k-means (K = number of classes) vs labels: pair-counting F1", query_gallery=False),
+)
+
+# Aliases that name one member of a family: the reference's `mAP_1000` is K = 1000, its In-Shop `MAP` K = 50.
+_FIXED_K = {"mAP_1000": 1000, "c_mAP_1000": 1000, "MAP": 50}
 
 # The reference's In-Shop report (query -> gallery): recall@1/10/20/30/40/50 and its top-50 MAP.
 REFERENCE_INSHOP_METRICS = (
@@ -66,31 +128,47 @@ REFERENCE_INSHOP_METRICS = (
 QUERY_GALLERY_METRICS = (*REFERENCE_INSHOP_METRICS, "map@r")
 
 
-def canonical_metric_name(name: str) -> str:
-    """Canonical spelling of a metric name or alias, e.g. ``e_recall@4`` -> ``recall@4``.
+def resolve_metric(name: str) -> tuple[MetricSpec, int | None]:
+    """The spec and K of a canonical name or alias, e.g. ``e_recall@4`` -> (recall@K, 4).
 
     Raises ``UserError`` for an unknown name or a non-positive K.
     """
     name = name.strip()
-    if name in FIXED_NAMES:
-        return FIXED_NAMES[name]
-    for pattern, template in PARAMETRISED_NAMES.items():
-        match = re.fullmatch(pattern, name)
-        if match:
-            k = int(match.group(1))
-            if k < 1:
+    for spec in METRICS:
+        for spelling in (spec.name, *spec.aliases):
+            if spelling in _FIXED_K:
+                if name == spelling:
+                    return spec, _FIXED_K[spelling]
+                continue
+            match = _compile(spelling).fullmatch(name)
+            if match is None:
+                continue
+            k = int(match.group(1)) if spec.parametrised else None
+            if k is not None and k < 1:
                 raise UserError(f"metric {name!r}: K must be a positive integer")
-            return template.format(k)
-    known = ", ".join(
-        ["recall@K", "map@K", "map@K_legacy", "map@K_inshop", *sorted(FIXED_NAMES), "e_recall@K", "c_recall@K"]
-    )
+            return spec, k
+    known = ", ".join(name for spec in METRICS for name in (spec.name, *spec.aliases))
     raise UserError(f"unknown metric {name!r}; expected one of: {known}")
 
 
+def canonical_metric_name(name: str) -> str:
+    """Canonical spelling of a metric name or alias: ``e_recall@4`` -> ``recall@4``, ``mAP_R`` -> ``map@r_legacy``.
+
+    >>> [canonical_metric_name(n) for n in ("e_recall@4", "mAP_R", "mAP_1000", "MAP")]
+    ['recall@4', 'map@r_legacy', 'map@1000_legacy', 'map@50_inshop']
+    """
+    spec, k = resolve_metric(name)
+    return spec.canonical(k)
+
+
+def is_clustering(name: str) -> bool:
+    """Whether a metric comes from the k-means clustering (``nmi``, ``f1``) rather than the neighbour search."""
+    return resolve_metric(name)[0].clustering
+
+
 def metric_k(name: str) -> int | None:
-    """K of a canonical ``recall@K`` / ``map@K`` / ``map@K_legacy`` / ``map@K_inshop`` name, None for the others."""
-    match = re.fullmatch(r"(?:recall|map)@(\d+)(?:_legacy|_inshop)?", name)
-    return int(match.group(1)) if match else None
+    """K of a parametrised metric (``recall@4`` -> 4, ``map@50_inshop`` -> 50), None for the others."""
+    return resolve_metric(name)[1]
 
 
 def parse_metric_list(tokens: Sequence[str] | str) -> list[str]:
@@ -113,3 +191,19 @@ def parse_metric_list(tokens: Sequence[str] | str) -> list[str]:
     if not names:
         raise UserError("--evaluation_metrics: no metric name given")
     return names
+
+
+def metric_table() -> str:
+    """The README's metric table, as Markdown."""
+    lines = ["| metric | definition | reference name | query → gallery |", "|---|---|---|---|"]
+    for spec in METRICS:
+        aliases = ", ".join(f"`{alias}`" for alias in spec.aliases)
+        lines.append(f"| `{spec.name}` | {spec.definition} | {aliases} | {'yes' if spec.query_gallery else 'no'} |")
+    return "\n".join(lines)
+
+
+CLUSTERING_METRICS = frozenset(spec.name for spec in METRICS if spec.clustering)
+
+
+if __name__ == "__main__":
+    print(metric_table())

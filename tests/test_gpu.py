@@ -56,7 +56,9 @@ def check_low_precision_step(device: torch.device, precision: str, iterations: i
     model = model.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(cfg, model, criterion)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    ctx = StepContext(model, criterion, optimizers, device, precision, scaler)
+    ctx = StepContext(
+        model=model, criterion=criterion, optimizers=optimizers, device=device, precision=precision, scaler=scaler
+    )
     images, labels = batch(device)
     images = images.contiguous(memory_format=torch.channels_last)
     before = snapshot(model, criterion)
@@ -108,7 +110,7 @@ def check_fused_equals_two_forward(device: torch.device) -> None:
                     [*criterion.domain.parameters(), *criterion.classifier.parameters()], lr=0.05
                 ),
             }
-            ctx = StepContext(model, criterion, optimizers, device)
+            ctx = StepContext(model=model, criterion=criterion, optimizers=optimizers, device=device)
             criterion.mix_source.set_epoch(3)
             images, labels = batch(device)
             model.train()

@@ -276,3 +276,36 @@ def test_bad_inputs_raise_user_errors() -> None:
         compute_metrics(x, y, ["recal@1"])
     with pytest.raises(UserError, match="backend"):
         compute_metrics(x, y, ["recall@1"], backend="gpu")
+
+
+def test_readme_metric_table_is_the_registry() -> None:
+    from pathlib import Path
+
+    from metrics.names import metric_table
+
+    assert metric_table() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_registered_metric_computes_on_one_set_and_where_allowed_query_to_gallery() -> None:
+    """Contract of every registry entry: its name parses back to itself, its aliases resolve to it, it computes
+    a value in [0, 1], a perfect embedding scores its best value, and query -> gallery refuses it exactly
+    when the registry says so."""
+    from metrics.names import METRICS
+
+    x = np.array([[0.0], [0.01], [0.02], [5.0], [5.01], [9.0], [9.02]], dtype=np.float32)
+    y = np.array([0, 0, 0, 1, 1, 2, 2])
+    for spec in METRICS:
+        name = spec.canonical(3 if spec.parametrised else None)
+        assert canonical_metric_name(name) == name
+        for alias in spec.aliases:
+            assert canonical_metric_name(alias.replace("K", "3")).startswith(spec.name.split("K")[0]), alias
+        value = compute_metrics(x, y, [name], backend="torch")[name]
+        assert 0.0 <= value <= 1.0 + 1e-12, name
+        if not spec.clustering and "legacy" not in name:
+            assert value == pytest.approx(1.0), name
+        if spec.query_gallery:
+            got = compute_query_gallery_metrics(x[::2], y[::2], x[1::2], y[1::2], [name], backend="torch")
+            assert 0.0 <= got[name] <= 1.0 + 1e-12, name
+        else:
+            with pytest.raises(UserError, match="not available for query/gallery"):
+                compute_query_gallery_metrics(x[::2], y[::2], x[1::2], y[1::2], [name])

@@ -53,7 +53,14 @@ def batch(n_classes: int = 6, size: int = 12, resolution: int = 32):
 
 def one_iteration(cfg: Config, model, criterion, fused: bool, **flags):
     optimizers = build_optimizers(cfg, model, criterion)
-    ctx = StepContext(model, criterion, optimizers, torch.device("cpu"), d_step=cfg.d_step, g_step=cfg.g_step)
+    ctx = StepContext(
+        model=model,
+        criterion=criterion,
+        optimizers=optimizers,
+        device=torch.device("cpu"),
+        d_step=cfg.d_step,
+        g_step=cfg.g_step,
+    )
     images, labels = batch()
     if hasattr(criterion, "mix_source"):
         criterion.mix_source.set_epoch(3)
@@ -140,7 +147,9 @@ def test_bf16_autocast_step_runs_and_keeps_loss_math_in_float32():
     cfg = tiny_config(precision="bf16")
     model, criterion = build(cfg)
     optimizers = build_optimizers(cfg, model, criterion)
-    ctx = StepContext(model, criterion, optimizers, torch.device("cpu"), precision="bf16")
+    ctx = StepContext(
+        model=model, criterion=criterion, optimizers=optimizers, device=torch.device("cpu"), precision="bf16"
+    )
     images, labels = batch()
     result = train_step(ctx, images, labels)
     assert result.skipped == 0

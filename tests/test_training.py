@@ -238,3 +238,30 @@ def test_many_non_finite_losses_stop_the_run_and_keep_the_last_checkpoint(tmp_pa
     assert "3 consecutive iterations with a non-finite loss in epoch 1" in capsys.readouterr().err
     last = torch.load(tmp_path / "runs" / "synthetic" / "nan" / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 1
+
+
+def test_every_run_state_field_survives_a_checkpoint():
+    """A field added to RunState is saved and restored without being listed anywhere (no silent default)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from engine.trainer import RunState, _checkpoint_state, _restore
+    from utilities.errors import UserError
+
+    state = RunState()
+    for number, f in enumerate(dataclasses.fields(RunState), start=3):
+        value = getattr(state, f.name)
+        changed = {list: [{"epoch": number}], dict: {"recall@1": number / 10}, int: number}[type(value)]
+        setattr(state, f.name, changed)
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    run = SimpleNamespace(cfg=SimpleNamespace(to_dict=dict), model=module, criterion=torch.nn.Linear(2, 1),
+                          optimizers={"backbone": optimizer}, schedulers={}, scaler=None, state=state)  # fmt: skip
+    stored = _checkpoint_state(run, full=True)
+    run.state = RunState()
+    _restore(run, stored)
+    assert run.state == state
+
+    del stored["run_state"]["best_epoch"]
+    with pytest.raises(UserError, match=r"missing \['best_epoch'\]"):
+        _restore(run, stored)
