@@ -177,7 +177,7 @@ def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[s
         trained_on = values["dataset"]
         values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
         if request.normalize is not None:
-            values["normalize_features"] = request.normalize
+            values["eval_normalize"] = request.normalize
 
         def load(model: nn.Module) -> None:
             model.load_state_dict(own["model"])
@@ -186,7 +186,7 @@ def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[s
         request.report(reference.describe(path))
         values = reference_eval_config(reference, request.dataset, request.source_path)
         trained_on = reference.options.get("dataset")
-        values["normalize_features"] = bool(request.normalize)
+        values["eval_normalize"] = bool(request.normalize)
         if request.normalize is None:
             request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
 
@@ -236,7 +236,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         device=torch_device,
         batch_size=cfg.eval_batch_size,
         workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
-        normalize=cfg.normalize_features,
+        normalize=cfg.eval_normalize,
     )
     if request.save_embeddings:
         write_embeddings(request.save_embeddings, embedded)

@@ -187,7 +187,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
         batch_size=cfg.eval_batch_size,
         workers=min(cfg.kernels, 8),
         precision=cfg.precision,
-        normalize=cfg.normalize_features,
+        normalize=cfg.eval_normalize,
         dist=run.dist,
     )
 

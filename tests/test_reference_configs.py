@@ -168,7 +168,7 @@ def test_timm_names_pass_through_unchanged():
 
 def test_reference_flags_on_the_command_line():
     cfg = parse("--normal", "--fd2_bn", "--not_pretrained", "--proxy_dim", "1", "--dis_decay", "0.0002")
-    assert cfg.normalize_features is False  # store_false in the reference's main.py
+    assert cfg.normalize_features is cfg.eval_normalize is False  # store_false in the reference's main.py
     assert (cfg.domain_out_bn, cfg.pretrained, cfg.loss, cfg.disc_decay) == (True, False, "softplus_proxy", 0.0002)
     baseline = parse("--lr", "0.0002", "--loss", "oproxy")
     assert baseline.dada is False and baseline.proxy_lr == pytest.approx(0.0002 * 200)

@@ -265,3 +265,18 @@ def test_every_run_state_field_survives_a_checkpoint():
     del stored["run_state"]["best_epoch"]
     with pytest.raises(UserError, match=r"missing \['best_epoch'\]"):
         _restore(run, stored)
+
+
+def test_discriminator_normalisation_and_evaluation_normalisation_are_separate_switches(monkeypatch):
+    """Turning off the DADA ablation knob `normalize_features` leaves the evaluation embeddings normalised."""
+    from types import SimpleNamespace
+
+    from utilities.config import config_from_dict
+
+    seen = []
+    monkeypatch.setattr(engine.trainer, "evaluate_model", lambda *args, **kwargs: seen.append(kwargs["normalize"]))
+    for values, expected in (({"normalize_features": False}, True), ({"eval_normalize": False}, False)):
+        run = SimpleNamespace(cfg=config_from_dict(values), model=None, splits={}, device="cpu", dist=None)
+        monkeypatch.setattr(engine.trainer, "evaluation_splits", lambda splits, use_val: [])
+        engine.trainer._evaluate(run, use_val=False)
+        assert seen[-1] is expected, values

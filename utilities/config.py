@@ -100,7 +100,7 @@ class Config:
     class_ratio: float = _key(0.01, "rho: share of the class-discrepancy part (1 - rho: domain part)")
     discrepancy_weight: float = _key(0.5, "kappa: weight of the discrepancy inside the class part")
     discrepancy: str = _key("nwd", "discrepancy between sample and mix predictions", ("nwd", "l1"))
-    normalize_features: bool = _key(True, "L2-normalise discriminator inputs and evaluation embeddings")
+    normalize_features: bool = _key(True, "L2-normalise the discriminators' inputs (samples, mixes, proxies)")
     mix_mode: str = _key("random", "sample-proxy mixup", ("random", "individual", "linear"))
     shift_scale: float = _key(1.0, "shift scale s of the random mixup, -1 < s <= 1")
     mix_alpha: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: a")
@@ -140,6 +140,7 @@ class Config:
     )
     eval_every: int = _key(1, "evaluate every this many epochs (and after the last)")
     eval_backend: str = _key("auto", "nearest-neighbour backend", ("auto", "faiss", "torch"))
+    eval_normalize: bool = _key(True, "L2-normalise the evaluation embeddings (cosine retrieval)")
     best_metric: str = _key("recall@1", "metric that selects checkpoints/best.pt")
 
     def to_dict(self) -> dict[str, Any]:

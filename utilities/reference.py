@@ -198,9 +198,9 @@ REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
     ),
     "dis_decay": _rename("disc_decay", float),
     "normal": ReferenceOption(
-        "normalize_features",
-        lambda value, source: {"normalize_features": _scalar(value)},
-        "a bare `--normal` flag means false, as in the reference's main.py",
+        "normalize_features, eval_normalize",
+        lambda value, source: {"normalize_features": _scalar(value), "eval_normalize": _scalar(value)},
+        "both switches, as in the reference's main.py; a bare `--normal` flag means false, as there",
         bare=False,
     ),
     "fd_fc1_dim": _rename("domain_hidden"),
