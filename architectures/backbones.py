@@ -8,6 +8,7 @@ without a cached or local file, the failure is a `UserError` that says what to d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,14 +157,29 @@ def bninception_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trun
     return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION)
 
 
-# Backbones that are not timm models; every other name is looked up in timm.
-SPECIAL_BACKBONES = {"bninception": bninception_trunk}
+@dataclass(frozen=True)
+class SpecialBackbone:
+    """A backbone that is not a timm model: its builder `(name, pretrained, pretrained_path) -> Trunk`, and the
+    input normalisation it expects (known without building it, so data pipelines can be set up first)."""
+
+    build: Callable[[str, bool, str], Trunk]
+    input_spec: Normalization
+    description: str
+
+
+# Backbones that are not timm models; every other name is looked up in timm. Adding one: a builder returning a
+# `Trunk` (a module with `forward_features`, its feature width, its input normalisation), then one entry here.
+SPECIAL_BACKBONES: dict[str, SpecialBackbone] = {
+    "bninception": SpecialBackbone(
+        bninception_trunk, BNINCEPTION, "BN-Inception (pretrainedmodels), Caffe convention: BGR, 0-255, mean subtracted"
+    ),
+}
 
 
 def input_spec_for(name: str) -> Normalization:
     """The input normalisation a backbone expects, known without building it."""
-    if name == "bninception":
-        return BNINCEPTION
+    if name in SPECIAL_BACKBONES:
+        return SPECIAL_BACKBONES[name].input_spec
     import timm
 
     cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
@@ -173,5 +189,6 @@ def input_spec_for(name: str) -> Normalization:
 
 
 def build_trunk(name: str, pretrained: bool, pretrained_path: str = "") -> Trunk:
-    builder = SPECIAL_BACKBONES.get(name, timm_trunk)
-    return builder(name, pretrained, pretrained_path)
+    special = SPECIAL_BACKBONES.get(name)
+    trunk = (special.build if special else timm_trunk)(name, pretrained, pretrained_path)
+    return trunk

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from architectures import build_model, input_spec_for, pool_feature_map
+from architectures import SPECIAL_BACKBONES, build_model, input_spec_for, pool_feature_map
 from datasets.transforms import BNINCEPTION, IMAGENET
 from utilities.errors import UserError
 
@@ -122,3 +122,13 @@ def test_input_normalisation_comes_from_the_backbone():
 def test_bninception_builds_with_its_own_input_convention():
     model = build_model(model_config(arch="bninception"))
     assert model.input_spec.bgr and model(torch.randn(2, 3, 224, 224)).shape == (2, 24)
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL_BACKBONES))
+def test_special_backbones_declare_the_normalisation_they_build_with(name):
+    """A non-timm backbone's registry entry is the one place that says its input normalisation."""
+    from architectures.backbones import build_trunk
+
+    trunk = build_trunk(name, pretrained=False)
+    assert trunk.input_spec == SPECIAL_BACKBONES[name].input_spec == input_spec_for(name)
+    assert trunk.module.forward_features(torch.zeros(1, 3, 64, 64)).dim() == 4
