@@ -28,6 +28,7 @@ from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 SINGLE_SET_KEYS = ("embeddings", "labels")
+WORST_QUERIES = "worst_queries.png"
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
 
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
     parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
     parser.add_argument("--save_embeddings", default=None, help="save the embeddings (checkpoint mode)")
+    parser.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="checkpoint mode: draw the N worst queries (lowest MAP@R) with their top 5 results to "
+        "worst_queries.png in the folder of --output, else in the checkpoint's run folder",
+    )
     reference = parser.add_argument_group("checkpoint mode, the reference eval.py's flags")
     reference.add_argument("--dataset", choices=DATASET_NAMES, help="data to evaluate on (default: the checkpoint's)")
     reference.add_argument("--gpu", type=int, nargs="+", default=None, help="CUDA device index")
@@ -114,6 +123,17 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
     return values
 
 
+def _show_path(args: argparse.Namespace) -> Path:
+    """Where --show draws: beside --output, else in the run folder holding checkpoints/, else by the file."""
+    if args.output:
+        return Path(args.output).parent / WORST_QUERIES
+    from engine.checkpoint import resolve_checkpoint_path
+
+    checkpoint = resolve_checkpoint_path(args.checkpoint).resolve()
+    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return folder / WORST_QUERIES
+
+
 def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:
     if [name.strip("[],'\"") for name in args.evaltypes] != ["embeds"]:
         raise UserError(f"--evaltypes: only 'embeds' exists, got {' '.join(args.evaltypes)}")
@@ -139,6 +159,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | Non
             normalize=True if args.normal else None,
             search_on_cpu=args.evaluate_on_cpu,
             save_embeddings=save_embeddings,
+            show=args.show,
+            show_path=str(_show_path(args)) if args.show else None,
         )
     )
     if save_embeddings:
@@ -154,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from metrics.names import parse_metric_list
 
         metric_names = parse_metric_list(args.evaluation_metrics) if args.evaluation_metrics else None
+        if args.show < 0:
+            raise UserError(f"--show: expected a number of queries >= 0, got {args.show}")
+        if args.show and args.embeddings:
+            raise UserError("--show draws images and needs --checkpoint (an embeddings file has no images)")
         if args.embeddings:
             values = _evaluate_embeddings(args, metric_names)
         else:
