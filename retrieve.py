@@ -90,7 +90,7 @@ def _add_images(store: Any, model: Any, images: Any, args: argparse.Namespace, w
             seen.add(path)
             fresh.append(i)
     if skipped:
-        print(f"skipped {len(skipped)} image(s) already in the index (first: {skipped[0]})")
+        print(f"skipped {len(skipped)} image(s) already in the index or listed twice (first: {skipped[0]})")
     paths = [images.paths[i] for i in fresh]
     labels = [images.labels[i] for i in fresh]
     for start, embeddings in model.iter_embed(paths, batch_size=args.batch_size, workers=args.workers, progress=what):
