@@ -3,6 +3,7 @@
     python eval.py --embeddings FILE.npz [--evaluation_metrics recall@1 map@r ...] [--eval_backend auto]
                    [--output FILE.json]
     python eval.py --checkpoint RUN/checkpoints/best.pt [--source_path DIR] [--save_embeddings FILE.npz]
+                   [--show N]   # the N worst queries with their neighbours -> worst_queries.png
     python eval.py --source_path ../dml_data --dataset cub200 --test_path checkpoint_cub_embeds_e_recall@1.pth.tar
 
 `--checkpoint` (alias `--test_path`) reads checkpoints of this project and of the reference implementation
