@@ -2,7 +2,7 @@
 
     python retrieve.py --checkpoint RUN/checkpoints/best.pt --gallery DIR_OR_CSV --index OUT.index
     python retrieve.py --checkpoint RUN/checkpoints/best.pt --index OUT.index --add NEW_DIR
-    python retrieve.py --checkpoint RUN/checkpoints/best.pt --index OUT.index --query IMAGE_OR_DIR --top 5 \
+    python retrieve.py --checkpoint RUN/checkpoints/best.pt --index OUT.index --query IMAGE_OR_DIR --top 5
         [--output results.csv | results.json] [--grid results.png]
     python retrieve.py --checkpoint best.pt --gallery DIR --query IMAGE_OR_DIR   # no saved index
 
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="retrieve.py", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="retrieve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint of this project (.pt or run folder)")
     parser.add_argument("--gallery", help="folder of images or CSV manifest to build the index from")
     parser.add_argument("--index", help="faiss index file (written with --gallery/--add, read otherwise)")
