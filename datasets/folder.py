@@ -39,6 +39,8 @@ SPLIT_LAYOUTS = {
 
 SPLIT_NAMES = frozenset({"train", "test", "query", "gallery"})
 
+LAYOUTS = "train/ + test/, train/ + query/ + gallery/, or only class folders (none named train, test, query, gallery)"
+
 
 def is_skipped(name: str) -> bool:
     """Hidden files and folders (macOS `._` forks among them) and zip archives' `__MACOSX` folders."""
@@ -103,16 +105,15 @@ def folder_layout(folder: Path) -> tuple[str, ...]:
         raise UserError(f"folder: data folder {folder} not found (source_path)")
     if not folder.is_dir():
         raise UserError(f"folder: source_path {folder} is not a folder (dataset csv reads a CSV manifest)")
-    subfolders = set(visible_entries(folder)[0])
-    named = subfolders & SPLIT_NAMES
-    if not named:
+    folders, loose = visible_entries(folder)
+    if not folders and not loose:
+        raise UserError(f"folder: {folder} holds no sub-folders; expected {LAYOUTS}")
+    subfolders = set(folders)
+    if not subfolders & SPLIT_NAMES:
         return ()
     layout = SPLIT_LAYOUTS.get(frozenset(subfolders))
     if layout is None:
-        raise UserError(
-            f"folder: {folder} holds the sub-folders {', '.join(sorted(subfolders))}; expected train/ + test/, "
-            "train/ + query/ + gallery/, or only class folders (none named train, test, query or gallery)"
-        )
+        raise UserError(f"folder: {folder} holds the sub-folders {', '.join(folders)}; expected {LAYOUTS}")
     return layout
 
 

@@ -136,6 +136,9 @@ def folder_errors(root: Path) -> list[tuple[Path, Path, str]]:
     cases.append((root / "mixed", root / "mixed", "expected train/ + test/"))
     write_image(root / "loose" / "lonely.png")
     cases.append((root / "loose", root / "loose" / "lonely.png", "outside a class folder"))
+    (root / "bare").mkdir()
+    (root / "bare" / "readme.txt").write_text("no folders")
+    cases.append((root / "bare", root / "bare", "holds no sub-folders; expected train/ + test/"))
     (root / "void" / "sub").mkdir(parents=True)
     (root / "void" / "sub" / "a.txt").write_text("x")
     cases.append((root / "void", root / "void" / "sub", "holds no images"))
@@ -248,6 +251,12 @@ def test_dry_run_summary_counts_small_classes_and_check_images_names_corrupt_fil
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
         "dataset": "folder",
         "splits": {"train": {"classes": 3, "images": 6, "small_classes": 1}, "test": {"classes": 2, "images": 4}},
+    }
+    assert main_module.main([*argv, "--val_classes", "0.34"]) == 0  # the last of the 3 train classes validates
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["splits"] == {
+        "train": {"classes": 2, "images": 4, "small_classes": 1},
+        "test": {"classes": 2, "images": 4},
+        "val": {"classes": 1, "images": 2},
     }
     bad = tmp_path / "test" / "e" / "img_01.png"
     bad.write_bytes(bad.read_bytes()[:30])
