@@ -3,6 +3,7 @@
     python eval.py --embeddings FILE.npz [--evaluation_metrics recall@1 map@r ...] [--eval_backend auto]
                    [--output FILE.json]
     python eval.py --checkpoint RUN/checkpoints/best.pt [--source_path DIR] [--save_embeddings FILE.npz]
+                   [--show N]   # the N worst queries with their neighbours -> worst_queries.png
     python eval.py --source_path ../dml_data --dataset cub200 --test_path checkpoint_cub_embeds_e_recall@1.pth.tar
 
 `--checkpoint` (alias `--test_path`) reads checkpoints of this project and of the reference implementation
@@ -28,6 +29,7 @@ from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 SINGLE_SET_KEYS = ("embeddings", "labels")
+WORST_QUERIES = "worst_queries.png"
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
 
@@ -48,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
     parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
     parser.add_argument("--save_embeddings", default=None, help="save the embeddings (checkpoint mode)")
+    parser.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="checkpoint mode: draw the N worst queries (lowest MAP@R) with their top 5 results to "
+        "worst_queries.png in the folder of --output, else in the checkpoint's run folder",
+    )
     reference = parser.add_argument_group("checkpoint mode, the reference eval.py's flags")
     reference.add_argument("--dataset", choices=DATASET_NAMES, help="data to evaluate on (default: the checkpoint's)")
     reference.add_argument("--gpu", type=int, nargs="+", default=None, help="CUDA device index")
@@ -114,6 +124,17 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
     return values
 
 
+def _show_path(args: argparse.Namespace) -> Path:
+    """Where --show draws: beside --output, else in the run folder holding checkpoints/, else by the file."""
+    if args.output:
+        return Path(args.output).parent / WORST_QUERIES
+    from engine.checkpoint import resolve_checkpoint_path
+
+    checkpoint = resolve_checkpoint_path(args.checkpoint).resolve()
+    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return folder / WORST_QUERIES
+
+
 def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:
     if [name.strip("[],'\"") for name in args.evaltypes] != ["embeds"]:
         raise UserError(f"--evaltypes: only 'embeds' exists, got {' '.join(args.evaltypes)}")
@@ -139,6 +160,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | Non
             normalize=True if args.normal else None,
             search_on_cpu=args.evaluate_on_cpu,
             save_embeddings=save_embeddings,
+            show=args.show,
+            show_path=str(_show_path(args)) if args.show else None,
         )
     )
     if save_embeddings:
@@ -154,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         from metrics.names import parse_metric_list
 
         metric_names = parse_metric_list(args.evaluation_metrics) if args.evaluation_metrics else None
+        if args.show < 0:
+            raise UserError(f"--show: expected a number of queries >= 0, got {args.show}")
+        if args.show and args.embeddings:
+            raise UserError("--show draws images and needs --checkpoint (an embeddings file has no images)")
         if args.embeddings:
             values = _evaluate_embeddings(args, metric_names)
         else:

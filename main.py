@@ -21,7 +21,7 @@ def dry_run(cfg, check_images: bool) -> int:
     from datasets import check_images as check
 
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
-    print(json.dumps(describe(splits, cfg.dataset)))
+    print(json.dumps(describe(splits, cfg.dataset, cfg.samples_per_class)))
     if check_images:
         failures = check(splits, workers=cfg.kernels)
         for failure in failures:

@@ -1,7 +1,8 @@
-"""Datasets: the four DML benchmarks, a synthetic benchmark, transforms and batch samplers.
+"""Datasets: the four DML benchmarks, a synthetic benchmark, your own images (`folder`, `csv`), transforms and
+batch samplers.
 
 Entry point: `build_datasets(cfg, normalization)` -> {"train", "test" | "query", "gallery", ["val"]}.
-Each benchmark module's docstring describes the folder layouts it accepts.
+Each dataset module's docstring describes the folder layouts (or the manifest) it accepts.
 """
 
 from datasets.base import ImageDataset, SplitFiles

@@ -9,20 +9,45 @@ from typing import Any
 from datasets.base import ImageDataset, SplitFiles
 from datasets.cars196 import load_cars196
 from datasets.cub200 import load_cub200
+from datasets.folder import folder_has_query_gallery, load_folder
 from datasets.inshop import load_inshop
+from datasets.manifest import load_csv, manifest_has_query_gallery
 from datasets.online_products import load_online_products
 from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
-DATASETS: dict[str, Callable[[Path], dict[str, SplitFiles]]] = {
+DATASETS: dict[str, Callable[..., dict[str, SplitFiles]]] = {
     "cub200": load_cub200,
     "cars196": load_cars196,
     "online_products": load_online_products,
     "inshop": load_inshop,
     "synthetic": load_synthetic,
+    "folder": load_folder,
+    "csv": load_csv,
 }
-"""Loaders by `dataset` name; each reads `<source_path>/<name>/` and returns its splits' files."""
+"""Loaders by `dataset` name; each reads `<source_path>/<name>/` (the user datasets: `source_path` itself) and
+returns its splits' files."""
+
+USER_DATASETS = ("folder", "csv")
+"""Datasets whose `source_path` is the data itself (a folder of class folders, a CSV manifest)."""
+
+LOADER_KEYS: dict[str, tuple[str, ...]] = {"folder": ("test_classes",)}
+"""Configuration keys handed to a loader as keyword arguments, by `dataset` name."""
+
+QUERY_GALLERY_PROBES: dict[str, Callable[[Path], bool]] = {
+    "inshop": lambda _: True,
+    "folder": folder_has_query_gallery,
+    "csv": manifest_has_query_gallery,
+}
+"""Whether a dataset's evaluation splits are query and gallery, from its `source_path` (absent: never)."""
+
+
+def has_query_gallery(dataset: str, source_path: str | Path) -> bool:
+    """Whether `dataset` at `source_path` is evaluated query -> gallery (In-Shop; folder and csv data that
+    define query and gallery splits). Unreadable data answers False: its loader reports the problem."""
+    probe = QUERY_GALLERY_PROBES.get(dataset)
+    return probe is not None and probe(Path(source_path))
 
 
 def split_validation(train: SplitFiles, fraction: float) -> tuple[SplitFiles, SplitFiles]:
@@ -50,9 +75,10 @@ def _check_val_fraction(value: Any) -> float:
 def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
     """Splits of `cfg.dataset` under `cfg.source_path`: train (training transform) and the others (eval).
 
-    Reads `dataset`, `source_path`, `augmentation`, `image_decoder`, `resolution`, `val_classes`, and for the
-    synthetic benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`. Returns
-    {"train", "test"} ({"train", "query", "gallery"} for In-Shop), plus "val" when `val_classes > 0`.
+    Reads `dataset`, `source_path`, `augmentation`, `image_decoder`, `resolution`, `val_classes`, for the
+    synthetic benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`, and
+    for `folder` `test_classes`. Returns {"train", "test"} ({"train", "query", "gallery"} for In-Shop and user
+    data with query and gallery), plus "val" when `val_classes > 0`.
     """
     name = cfg.dataset
     if name not in DATASETS:
@@ -66,11 +92,13 @@ def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[st
         folder = ensure_synthetic(
             root, cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.synthetic_image_size, cfg.seed
         )
+    elif name in USER_DATASETS:
+        folder = root  # its loader names a missing folder or file
     else:
         folder = root / name
         if not folder.is_dir():
             raise UserError(f"{name}: data folder {folder} not found (source_path is {root})")
-    files = DATASETS[name](folder)
+    files = DATASETS[name](folder, **{key: getattr(cfg, key) for key in LOADER_KEYS.get(name, ())})
     if val_fraction > 0:
         files["train"], files["val"] = split_validation(files["train"], val_fraction)
     return {

@@ -7,21 +7,33 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image
 
 from datasets.base import ImageDataset
 
 
-def describe(splits: dict[str, ImageDataset], dataset: str) -> dict:
+def describe(splits: dict[str, ImageDataset], dataset: str, samples_per_class: int | None = None) -> dict:
     """`{"dataset": name, "splits": {split: {"classes": C, "images": N}}}` in the order of `splits`.
 
-    >>> describe({"train": ImageDataset(["a.jpg", "b.jpg"], [0, 1], None)}, "cub200")
-    {'dataset': 'cub200', 'splits': {'train': {'classes': 2, 'images': 2}}}
+    With `samples_per_class`, the train split also gets `"small_classes"`: the number of its classes with fewer
+    images than that (the samplers draw their images with replacement), only where it is not zero.
+
+    >>> describe({"train": ImageDataset(["a.jpg", "b.jpg"], [0, 1], None)}, "cub200", samples_per_class=2)
+    {'dataset': 'cub200', 'splits': {'train': {'classes': 2, 'images': 2, 'small_classes': 2}}}
     """
-    return {
-        "dataset": dataset,
-        "splits": {name: {"classes": int(ds.num_classes), "images": len(ds)} for name, ds in splits.items()},
-    }
+    summary = {name: {"classes": int(ds.num_classes), "images": len(ds)} for name, ds in splits.items()}
+    if samples_per_class is not None and "train" in splits:
+        small = count_small_classes(splits["train"].labels, samples_per_class)
+        if small:
+            summary["train"]["small_classes"] = small
+    return {"dataset": dataset, "splits": summary}
+
+
+def count_small_classes(labels: np.ndarray, samples_per_class: int) -> int:
+    """How many classes have fewer than `samples_per_class` images."""
+    counts = np.unique(labels, return_counts=True)[1]
+    return int(np.sum(counts < samples_per_class))
 
 
 def _decode_error(path: str) -> str | None:

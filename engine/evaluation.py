@@ -162,6 +162,8 @@ class CheckpointEvaluation:
     normalize: bool | None = None
     search_on_cpu: bool = False
     save_embeddings: str | None = None
+    show: int = 0  # draw this many worst queries (engine.grids) to `show_path`
+    show_path: str | None = None
     report: Callable[[str], None] = print
 
 
@@ -240,6 +242,12 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     )
     if request.save_embeddings:
         write_embeddings(request.save_embeddings, embedded)
+    if request.show > 0 and request.show_path:
+        from engine.grids import write_worst_queries
+
+        paths = {name: splits[name].paths for name in embedded}
+        written = write_worst_queries(embedded, paths, request.show_path, n=request.show)
+        request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
     if request.search_on_cpu:
         embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}
     return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend)

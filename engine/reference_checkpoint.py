@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from architectures.reference_weights import is_reference_checkpoint
+from datasets.build import has_query_gallery
 from metrics.names import REFERENCE_INSHOP_METRICS
+from utilities.config import Config
 from utilities.errors import UserError
 from utilities.reference import translate_arch
 from utilities.restricted_unpickler import RestrictedLoad
@@ -66,6 +68,9 @@ def reference_eval_config(
 ) -> dict[str, Any]:
     """Configuration keys that rebuild the reference network and its evaluation data.
 
+    The metrics are the reference eval.py's defaults: its In-Shop list where the data is evaluated query ->
+    gallery (In-Shop; folder and csv data with query and gallery splits), else its general list.
+
     `dataset` (``--dataset``) is used when the checkpoint does not name one; `source_path` defaults to the
     checkpoint's own data root (the reference appends ``/<dataset>`` to it; that suffix is removed).
     """
@@ -81,14 +86,15 @@ def reference_eval_config(
         "augmentation": "base",
         "resolution": 224,
         "image_decoder": "pil",
-        "evaluation_metrics": list(REFERENCE_INSHOP_METRICS if dataset == "inshop" else REFERENCE_EVAL_METRICS),
     }
-    values["best_metric"] = values["evaluation_metrics"][0]
     if source_path is None and isinstance(options.get("source_path"), str):
         stored = options["source_path"]
         source_path = stored.removesuffix(f"/{options.get('dataset')}") if options.get("dataset") else stored
     if source_path is not None:
         values["source_path"] = source_path
+    query_gallery = has_query_gallery(dataset, source_path if source_path is not None else Config.source_path)
+    values["evaluation_metrics"] = list(REFERENCE_INSHOP_METRICS if query_gallery else REFERENCE_EVAL_METRICS)
+    values["best_metric"] = values["evaluation_metrics"][0]
     return values
 
 

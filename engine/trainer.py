@@ -350,6 +350,7 @@ def _train(run: Run) -> dict[str, Any]:
         write_summary(summary, folder / "summary.json")
         if cfg.plots and embedded:
             _plot_map(run, embedded, folder / "embedding_map.png")
+            _plot_worst_queries(run, embedded, folder / "worst_queries.png")
         if writer is not None:
             writer.close()
     return summary
@@ -374,6 +375,17 @@ def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:
     plot_embedding_map(
         embeddings.cpu().numpy(), labels, path, title=f"{run.cfg.dataset} {name} embeddings (t-SNE)", seed=run.cfg.seed
     )
+
+
+WORST_QUERIES_SHOWN = 8
+
+
+def _plot_worst_queries(run: Run, embedded: dict[str, Any], path: Path) -> None:
+    """The worst queries of the last evaluation (its embeddings, no new forward pass), top 5 results each."""
+    from engine.grids import write_worst_queries
+
+    paths = {name: run.splits[name].paths for name in embedded}
+    write_worst_queries(embedded, paths, path, n=WORST_QUERIES_SHOWN)
 
 
 def _tensorboard(cfg: Config, folder: Path):

@@ -207,3 +207,28 @@ def test_seeded_augmentation_is_deterministic_with_the_torchvision_decoder(tmp_p
     first, again, other = dataset[(0, 11)], dataset[(0, 11)], dataset[(0, 12)]
     assert torch.equal(first[0], again[0]) and not torch.equal(first[0], other[0])
     assert torch.equal(state, torch.get_rng_state()) and random.random() == random.Random(123).random()
+
+
+# ---------------------------------------------------------------------------- benchmarks/retrieval_speed.py
+
+
+def test_retrieval_speed_benchmark_runs_with_tiny_sizes(tmp_path, capsys) -> None:
+    from benchmarks import retrieval_speed
+
+    output = tmp_path / "retrieval.json"
+    argv = ["--arch", "test_resnet", "--resolution", "32", "--batch_size", "4", "--batches", "1",
+            "--gallery_size", "2000", "--dim", "32", "--queries", "50", "--device", "cpu",
+            "--output", str(output)]  # fmt: skip
+    assert retrieval_speed.main(argv) == 0
+    report = json.loads(output.read_text())
+    for key in ("embed_images_per_s", "index_build_s", "cpu_queries_per_s", "cpu_single_query_ms", "peak_rss_total_mb"):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    assert report["settings"]["gallery_size"] == 2000 and report["versions"]["faiss"]
+    table = capsys.readouterr().out
+    expected = (
+        "| index build, 2,000 x 32 (IndexFlatIP)",
+        "| batch queries, top-10, CPU",
+        "| embedding, test_resnet 32 px",
+    )
+    for row in expected:
+        assert row in table, table

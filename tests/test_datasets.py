@@ -16,6 +16,7 @@ from datasets.cars196 import load_cars196
 from datasets.cub200 import load_cub200
 from datasets.inshop import load_inshop
 from datasets.online_products import load_online_products
+from utilities.config import DATASET_NAMES
 from utilities.errors import UserError
 
 
@@ -304,7 +305,8 @@ def test_build_datasets_inshop_describe(tmp_path: Path) -> None:
 
 def test_build_datasets_errors(tmp_path: Path) -> None:
     with pytest.raises(
-        UserError, match="dataset: unknown name 'cub'; valid: cub200, cars196, online_products, inshop, synthetic"
+        UserError,
+        match="dataset: unknown name 'cub'; valid: cub200, cars196, online_products, inshop, synthetic, folder, csv",
     ):
         build_datasets(config(tmp_path, "cub"))
     with pytest.raises(UserError) as error:
@@ -314,7 +316,11 @@ def test_build_datasets_errors(tmp_path: Path) -> None:
         build_datasets(config(tmp_path, "cub200", augmentation="nope"))
     with pytest.raises(UserError, match=r"val_classes: expected a fraction in \[0, 1\), got 1.5"):
         build_datasets(config(tmp_path, "cub200", val_classes=1.5))
-    assert set(DATASETS) == {"cub200", "cars196", "online_products", "inshop", "synthetic"}
+    assert (
+        tuple(DATASETS)
+        == DATASET_NAMES
+        == ("cub200", "cars196", "online_products", "inshop", "synthetic", "folder", "csv")
+    )
 
 
 def test_corrupt_image_is_a_user_error_and_reported_by_check_images(tmp_path: Path) -> None:

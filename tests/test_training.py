@@ -54,6 +54,7 @@ def test_run_writes_every_file_and_lowers_the_loss(tiny_run: Path):
         "summary.json",
         "curves.png",
         "embedding_map.png",
+        "worst_queries.png",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
     ):
@@ -189,6 +190,7 @@ def test_baseline_trains_nothing_in_its_discriminator_warmup(tmp_path: Path):
 def test_a_second_run_gets_a_new_folder_and_tensorboard_scalars(tiny_run: Path):
     assert main_module.main([*tiny_args(tiny_run, "full", epochs=1), "--plots", "false", "--tensorboard", "true"]) == 0
     assert (tiny_run / "runs" / "synthetic" / "full_1" / "summary.json").is_file()
+    assert not (tiny_run / "runs" / "synthetic" / "full_1" / "worst_queries.png").exists()  # plots: false
     assert list((tiny_run / "runs" / "synthetic" / "full_1" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tiny_run / "runs" / "synthetic" / "full" / "summary.json").is_file()
 

@@ -23,7 +23,12 @@ import yaml
 from utilities.errors import UserError
 from utilities.reference import REFERENCE_OPTIONS, translate_reference
 
-DATASET_NAMES = ("cub200", "cars196", "online_products", "inshop", "synthetic")
+DATASET_NAMES = ("cub200", "cars196", "online_products", "inshop", "synthetic", "folder", "csv")
+"""The `dataset` values: the keys of `datasets.build.DATASETS`, in the same order."""
+
+QUERY_GALLERY_DATASETS = ("inshop", "folder", "csv")
+"""The datasets whose evaluation splits may be query and gallery: the keys of
+`datasets.build.QUERY_GALLERY_PROBES`, which tell from `source_path` whether they are."""
 
 
 def _key(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
@@ -39,8 +44,15 @@ class Config:
     """Every setting of a run. Defaults are the reference implementation's `parameters.py` defaults."""
 
     # --- run -----------------------------------------------------------------------------------------
-    dataset: str = _key("synthetic", "benchmark to train on", DATASET_NAMES)
-    source_path: str = _key("data", "root folder of the datasets (the dataset name is appended)")
+    dataset: str = _key(
+        "synthetic",
+        "benchmark to train on (cub200, cars196, online_products, inshop, synthetic), or your own images: folder "
+        "(class folders) or csv (a manifest)",
+        DATASET_NAMES,
+    )
+    source_path: str = _key(
+        "data", "root folder of the benchmarks (the dataset name is appended); folder: the image folder; csv: the file"
+    )
     save_path: str = _key("runs", "root folder of the runs (<save_path>/<dataset>/<save_name>)")
     save_name: str = _key("", "run folder name; empty: a date-stamped name")
     seed: int = _key(0, "seed of sampling, augmentation, mixing draws and initialisation")
@@ -66,6 +78,7 @@ class Config:
     data_sampler: str = _key("class_random", "batch sampler", ("class_random", "m_per_class"))
     iterations_per_epoch: int = _key(0, "batches per epoch; 0: floor(train images / batch_size)")
     val_classes: float = _key(0.0, "fraction of training classes held out as a validation split (0: none)")
+    test_classes: float = _key(0.5, "folder data without train/: fraction of the classes (sorted last) that test")
     eval_batch_size: int = _key(128, "images per batch when embedding evaluation images")
     synthetic_classes: int = _key(32, "synthetic benchmark: number of classes (half train, half test)")
     synthetic_images_per_class: int = _key(40, "synthetic benchmark: images per class")
@@ -256,6 +269,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"key 'shift_scale' must satisfy -1 < s <= 1; got {cfg.shift_scale}")
     if not 0.0 <= cfg.val_classes < 1.0:
         raise UserError(f"key 'val_classes' must be a fraction in [0, 1); got {cfg.val_classes}")
+    if not 0.0 < cfg.test_classes < 1.0:
+        raise UserError(f"key 'test_classes' must be a fraction in (0, 1); got {cfg.test_classes}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"key 'dropout' must be in [0, 1); got {cfg.dropout}")
     if cfg.mix_alpha <= 0 or cfg.mix_beta <= 0:
@@ -268,20 +283,40 @@ def validate(cfg: Config) -> Config:
         raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
     if cfg.dataset == "synthetic" and cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
-    from metrics import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name
+    _check_query_gallery_metrics(cfg)
+    from metrics import canonical_metric_name
 
-    cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
-    clustering = [m for m in cfg.evaluation_metrics if m in CLUSTERING_METRICS]
-    if cfg.dataset == "inshop" and clustering:
-        if cfg.evaluation_metrics != FIELDS["evaluation_metrics"].default_factory():
-            raise UserError(
-                f"key 'evaluation_metrics': {', '.join(clustering)} do not exist for In-Shop (query -> gallery)"
-            )
-        cfg.evaluation_metrics = list(QUERY_GALLERY_METRICS)  # the default list, as the reference's In-Shop one
     cfg.best_metric = canonical_metric_name(cfg.best_metric)
     if cfg.best_metric not in cfg.evaluation_metrics:
         raise UserError(f"key 'best_metric' ({cfg.best_metric}) must be one of evaluation_metrics")
     return cfg
+
+
+def _check_query_gallery_metrics(cfg: Config) -> None:
+    """Canonical metric names; on query -> gallery data (In-Shop, folder/csv data with query and gallery) the
+    default list becomes the reference's In-Shop list and explicit clustering metrics are refused."""
+    from metrics import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name
+
+    cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
+    clustering = [m for m in cfg.evaluation_metrics if m in CLUSTERING_METRICS]
+    if not clustering or not _evaluates_query_gallery(cfg.dataset, cfg.source_path):
+        return
+    if cfg.evaluation_metrics != FIELDS["evaluation_metrics"].default_factory():
+        where = "In-Shop" if cfg.dataset == "inshop" else f"{cfg.dataset} data with query and gallery splits"
+        raise UserError(
+            f"key 'evaluation_metrics': {', '.join(clustering)} do not exist for {where} (query -> gallery); "
+            "leave them out (e.g. --evaluation_metrics recall@1 recall@10 map@r)"
+        )
+    cfg.evaluation_metrics = list(QUERY_GALLERY_METRICS)  # the default list, as the reference's In-Shop one
+
+
+def _evaluates_query_gallery(dataset: str, source_path: str) -> bool:
+    """`datasets.build.has_query_gallery`, imported (with torch) only for `QUERY_GALLERY_DATASETS`."""
+    if dataset not in QUERY_GALLERY_DATASETS:
+        return False
+    from datasets.build import has_query_gallery
+
+    return has_query_gallery(dataset, source_path)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""A trained checkpoint put to use: load it once, embed images with the preprocessing its configuration implies.
+
+    from engine.inference import load_model
+    model = load_model("runs/cub200/test_cub200/checkpoints/best.pt")
+    embeddings = model.embed(["a.jpg", "b.jpg"])  # N x D float32 tensor on the CPU, rows of unit L2 norm
+
+The preprocessing is the evaluation pipeline of training (`datasets.transforms.build_transform(...,
+train=False)`): shorter side resized to round(resolution * 256 / 224), centre crop of `resolution` (of the
+resize size with `augmentation: big`), the backbone's mean/std (`architectures.input_spec_for`), BGR for
+BN-Inception, decoded as the checkpoint's `image_decoder` says. The network runs in eval mode without
+gradients, in batches, on the GPU when one is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from utilities.errors import UserError
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image goes through before the network (recorded in exported models too)."""
+
+    resolution: int  # the `resolution` key of the configuration
+    resize: int  # shorter side after the resize
+    crop: int  # side of the centre crop (the network's input is crop x crop)
+    mean: tuple[float, float, float]  # per channel, RGB order, of pixel values in [0, 1]
+    std: tuple[float, float, float]
+    channel_order: str  # "RGB", or "BGR" (channels flipped after normalising)
+    interpolation: str = "bilinear (antialiased)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def preprocessing_of(cfg: Any) -> Preprocessing:
+    """The evaluation preprocessing of a configuration (`resolution`, `augmentation`, `arch`)."""
+    from architectures import input_spec_for
+    from datasets.transforms import eval_crop, eval_resize
+
+    spec = input_spec_for(cfg.arch)
+    return Preprocessing(
+        resolution=cfg.resolution,
+        resize=eval_resize(cfg.resolution),
+        crop=eval_crop(cfg.augmentation, cfg.resolution),
+        mean=tuple(float(v) for v in spec.mean),
+        std=tuple(float(v) for v in spec.std),
+        channel_order="BGR" if spec.bgr else "RGB",
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's `checkpoints/best.pt` (else `last.pt`)."""
+    from engine.checkpoint import resolve_checkpoint_path
+
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+        return path / "checkpoints" / "best.pt"
+    return resolve_checkpoint_path(path)
+
+
+class _Files:
+    """Map-style dataset over image files (or PIL images): item i is (preprocessed image, i)."""
+
+    def __init__(self, images: Sequence[ImageInput], transform: Any) -> None:
+        self.images = list(images)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from datasets.base import IMAGE_LOADERS, load_rgb
+
+        image = self.images[index]
+        if not isinstance(image, Image.Image):
+            image = IMAGE_LOADERS.get(self.transform.decoder, load_rgb)(str(image))
+        return self.transform(image), index
+
+
+class InferenceModel:
+    """A checkpoint's embedding network with its preprocessing; `embed` turns images into unit vectors."""
+
+    def __init__(self, network: nn.Module, cfg: Any, checkpoint: Path, device: torch.device) -> None:
+        from architectures import input_spec_for
+        from datasets.transforms import build_transform
+
+        self.network = network.eval().to(device)
+        self.cfg = cfg
+        self.checkpoint = checkpoint
+        self.device = device
+        self.preprocessing = preprocessing_of(cfg)
+        normalization = input_spec_for(cfg.arch)  # as `datasets.build_datasets` is given it
+        self.transform = build_transform(cfg.augmentation, False, cfg.resolution, normalization, cfg.image_decoder)
+        if device.type == "cuda":
+            self.network.to(memory_format=torch.channels_last)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.cfg.embed_dim)
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """One image (file path or PIL image) -> the 3 x crop x crop float tensor the network takes."""
+        return _Files([image], self.transform)[0][0]
+
+    @torch.no_grad()
+    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """Embeddings (float32, L2-normalised, CPU) of an already preprocessed N x 3 x crop x crop batch."""
+        images = batch.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return F.normalize(self.network(images).float(), dim=-1).cpu()
+
+    def iter_embed(
+        self, images: Sequence[ImageInput], *, batch_size: int = 64, workers: int = 0, progress: str | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield `(first index, embeddings)` batch by batch; `progress` names a tqdm bar (None: no bar).
+
+        An unreadable image is a `UserError` naming the file.
+        """
+        from tqdm import tqdm
+
+        if batch_size < 1:
+            raise UserError(f"batch_size: expected a positive integer, got {batch_size}")
+        loader = DataLoader(
+            _Files(images, self.transform),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        # a bar only on a terminal (disable=None), so that errors stay one line in logs and pipes
+        bar = tqdm(total=len(images), desc=progress, unit="img", disable=None if progress else True, dynamic_ncols=True)
+        try:
+            for batch, indices in loader:
+                yield int(indices[0]), self.embed_tensor(batch)
+                bar.update(len(indices))
+        finally:
+            bar.close()
+
+    def embed(
+        self, images: Sequence[ImageInput] | torch.Tensor, *, batch_size: int = 64, workers: int = 0
+    ) -> torch.Tensor:
+        """N x D float32 embeddings (CPU, unit L2 norm) of file paths, PIL images, or a preprocessed batch."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise UserError(f"expected a preprocessed N x 3 x H x W batch, got shape {tuple(images.shape)}")
+            parts = [self.embed_tensor(part) for part in torch.split(images, batch_size)]
+        else:
+            if isinstance(images, str | Path | Image.Image):
+                images = [images]
+            parts = [embeddings for _, embeddings in self.iter_embed(images, batch_size=batch_size, workers=workers)]
+        return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
+    """The embedding network of a checkpoint of this project (a `.pt` file or a run folder), ready to embed.
+
+    `device`: None picks the GPU when present. Anything that is not a readable checkpoint of this project
+    is a `UserError` naming the file.
+    """
+    from architectures import build_model
+    from engine.checkpoint import load_checkpoint
+    from utilities.config import config_from_dict
+
+    file = _checkpoint_file(path)
+    state = load_checkpoint(file)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
+    cfg = config_from_dict(dict(state["config"], pretrained=False), f"checkpoint {file}")
+    network = build_model(cfg)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
+    try:
+        torch_device = torch.device(device) if device is not None else default_device()
+    except RuntimeError as error:
+        raise UserError(f"device {device!r} is not a valid torch device: {error}") from None
+    return InferenceModel(network, cfg, file, torch_device)
+
+
+def as_numpy(embeddings: torch.Tensor) -> np.ndarray:
+    """Contiguous float32 numpy copy (what faiss takes)."""
+    return np.ascontiguousarray(embeddings.detach().cpu().numpy(), dtype=np.float32)
