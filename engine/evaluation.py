@@ -85,15 +85,33 @@ def evaluation_splits(splits: dict[str, Dataset], use_val: bool) -> tuple[str, .
     return ("test",)
 
 
+def same_item_indices(splits: dict[str, Dataset]) -> np.ndarray | None:
+    """For query -> gallery splits that share images (a CSV row that is both query and gallery): the gallery
+    index of each query's own image, -1 where it has none; None when they share none."""
+    query_paths = getattr(splits.get("query"), "paths", None)
+    gallery_paths = getattr(splits.get("gallery"), "paths", None)
+    if query_paths is None or gallery_paths is None:
+        return None
+    position = {path: index for index, path in enumerate(gallery_paths)}
+    own = np.array([position.get(path, -1) for path in query_paths], dtype=np.int64)
+    return own if (own >= 0).any() else None
+
+
 def evaluate_embeddings(
-    embedded: dict[str, tuple[torch.Tensor, np.ndarray]], metrics: Sequence[str], backend: str
+    embedded: dict[str, tuple[torch.Tensor, np.ndarray]],
+    metrics: Sequence[str],
+    backend: str,
+    same_item: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Metrics of embedded splits: query→gallery when both exist, else within the one split."""
+    """Metrics of embedded splits: query→gallery when both exist (a query's own image, `same_item`, excluded),
+    else within the one split."""
     from metrics import compute_metrics, compute_query_gallery_metrics
 
     if "query" in embedded:
         (q, ql), (g, gl) = embedded["query"], embedded["gallery"]
-        return compute_query_gallery_metrics(q, ql, g, gl, list(metrics), backend=backend, device=q.device)
+        return compute_query_gallery_metrics(
+            q, ql, g, gl, list(metrics), backend=backend, device=q.device, same_item=same_item
+        )
     ((embeddings, labels),) = embedded.values()
     return compute_metrics(embeddings, labels, list(metrics), backend=backend, device=embeddings.device)
 
@@ -132,7 +150,7 @@ def evaluate_model(
         normalize=normalize,
         dist=dist,
     )
-    values = evaluate_embeddings(embedded, metrics, backend) if dist.is_main else None
+    values = evaluate_embeddings(embedded, metrics, backend, same_item_indices(splits)) if dist.is_main else None
     return broadcast_object(values, dist), embedded
 
 
@@ -250,4 +268,4 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
     if request.search_on_cpu:
         embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}
-    return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend)
+    return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend, same_item_indices(splits))

@@ -140,12 +140,18 @@ def _retrieval(
     exclude_self: bool,
     backend: str,
     device: torch.device,
+    same_item: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Retrieval metrics averaged over the queries with at least one relevant item."""
+    """Retrieval metrics averaged over the queries with at least one relevant item.
+
+    `same_item` (query -> gallery only): the gallery index of each query's own item, -1 when it is not in the
+    gallery; that item is removed from the query's neighbours (by index, as `exclude_self` does).
+    """
     keep = num_relevant >= 1
     kept = int(keep.sum())
     info: dict[str, Any] = {"queries": len(queries), "excluded_queries": len(queries) - kept}
-    eligible = len(gallery) - (1 if exclude_self else 0)
+    has_self = same_item is not None and bool((same_item >= 0).any())
+    eligible = len(gallery) - (1 if exclude_self or has_self else 0)
     if kept == 0 or eligible < 1:
         info["excluded_queries"] = len(queries)
         return {name: math.nan for name in names}, info
@@ -156,7 +162,7 @@ def _retrieval(
     for start, indices in iter_knn(
         queries,
         gallery,
-        k,
+        k + 1 if has_self else k,
         exclude_self=exclude_self,
         backend=knn_backend,
         device=device,
@@ -166,6 +172,8 @@ def _retrieval(
         gallery_labels=gallery_labels,
     ):
         rows = slice(start, start + indices.shape[0])
+        if has_self:
+            indices = _without_same_item(indices.cpu(), same_item[rows], k)
         row_keep = keep[rows]
         hits = gallery_labels[indices.cpu()] == query_labels[rows, None]
         hits, relevant = hits[row_keep], num_relevant[rows][row_keep]
@@ -173,6 +181,13 @@ def _retrieval(
             sums[name] += float(_per_query(name, hits, relevant).sum())
     info.update(k=k, backend=knn_backend, **vars(stats))
     return {name: sums[name] / kept for name in names}, info
+
+
+def _without_same_item(indices: torch.Tensor, same_item: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k neighbours of each row after removing its own item (rows hold k + 1 neighbours)."""
+    other = indices != same_item[:, None]
+    chosen = other & (torch.cumsum(other.to(torch.int64), dim=1) <= k)
+    return indices[chosen].view(indices.shape[0], k)
 
 
 def _per_query(name: str, hits: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
@@ -260,11 +275,14 @@ def compute_query_gallery_metrics(
     device: str | torch.device | None = None,
     num_threads: int | None = None,
     return_info: bool = False,
+    same_item: Any = None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, Any]]:
     """Query -> gallery retrieval metrics (In-Shop): R = number of gallery items of the query's class.
 
     Queries whose class has no gallery item are excluded (``info["excluded_queries"]``). Clustering
-    metrics are not defined here (UserError).
+    metrics are not defined here (UserError). ``same_item`` (optional, one integer per query): the gallery
+    index of the query's own image when the gallery holds it too, else -1; that image is never retrieved
+    for its own query and does not count in R.
     """
     names = _validate(metrics)
     unavailable = [n for n in names if not resolve_metric(n)[0].query_gallery]
@@ -283,8 +301,17 @@ def compute_query_gallery_metrics(
     gl = torch.from_numpy(codes[len(q) :].astype(np.int64))
     counts = torch.bincount(gl, minlength=int(codes.max()) + 1)
     relevant = counts[ql]
+    own = None
+    if same_item is not None:
+        own = torch.as_tensor(np.asarray(same_item), dtype=torch.int64).reshape(-1)
+        if len(own) != len(q) or bool(((own < -1) | (own >= len(g))).any()):
+            raise UserError(f"same_item: expected {len(q)} gallery indices (or -1), got {tuple(own.shape)}")
+        in_gallery = own >= 0
+        if bool((gl[own[in_gallery]] != ql[in_gallery]).any()):
+            raise UserError("same_item: a query and its own gallery item have different labels")
+        relevant = relevant - in_gallery.to(torch.int64)
     with _Threads(num_threads, backend == "faiss"):
         values, info = _retrieval(
-            q, ql, g, gl, relevant, names, exclude_self=False, backend=backend, device=_device(device)
+            q, ql, g, gl, relevant, names, exclude_self=False, backend=backend, device=_device(device), same_item=own
         )
     return (values, info) if return_info else values

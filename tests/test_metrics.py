@@ -309,3 +309,27 @@ def test_every_registered_metric_computes_on_one_set_and_where_allowed_query_to_
         else:
             with pytest.raises(UserError, match="not available for query/gallery"):
                 compute_query_gallery_metrics(x[::2], y[::2], x[1::2], y[1::2], [name])
+
+
+def test_query_that_is_also_in_the_gallery_never_retrieves_itself() -> None:
+    queries = np.array([[0.0], [10.0]], dtype=np.float32)
+    query_labels = np.array([0, 1])
+    # gallery 0 is query 0's own image; gallery 3 is query 1's own image
+    gallery = np.array([[0.0], [3.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    gallery_labels = np.array([0, 0, 1, 1, 1])
+    names = ["recall@1", "recall@2", "map@r", "map@3_inshop"]
+    plain = compute_query_gallery_metrics(queries, query_labels, gallery, gallery_labels, names)
+    assert plain["recall@1"] == 1.0  # each query finds its own copy first
+    own = compute_query_gallery_metrics(queries, query_labels, gallery, gallery_labels, names, same_item=[0, 3])
+    # query 0 ranks [1.0 (cls 1), 3.0 (cls 0)]: R = 1 -> recall@1 0, recall@2 1, MAP@R 0, top-3 MAP 1/2
+    # query 1 ranks [11.0 (cls 1), 3.0, 1.0 (cls 1)]: R = 2 -> recall@1 1, MAP@R (1/2)(1) = 0.5, top-3 MAP (1 + 2/3)/2
+    assert own["recall@1"] == 0.5 and own["recall@2"] == 1.0
+    assert own["map@r"] == pytest.approx((0 + 0.5) / 2)
+    assert own["map@3_inshop"] == pytest.approx((0.5 + (1 + 2 / 3) / 2) / 2)
+    for backend in ("torch", "faiss"):
+        again = compute_query_gallery_metrics(
+            queries, query_labels, gallery, gallery_labels, names, same_item=[0, 3], backend=backend
+        )
+        assert again == own, backend
+    with pytest.raises(UserError, match="different labels"):
+        compute_query_gallery_metrics(queries, query_labels, gallery, gallery_labels, names, same_item=[2, 3])

@@ -209,6 +209,10 @@ def test_csv_query_gallery_rows_and_a_row_in_both(tmp_path: Path) -> None:
     assert relative(splits["gallery"].paths, tmp_path) == ["img/3.jpg", "img/4.jpg", "img/5.jpg"]
     assert splits["query"].labels.tolist() == [0, 1] and splits["gallery"].labels.tolist() == [1, 1, 0]
     assert has_query_gallery("csv", manifest)
+    from engine.evaluation import same_item_indices
+
+    # the row in both splits is its own gallery item 1: the evaluation excludes it from its neighbours
+    assert same_item_indices(splits).tolist() == [-1, 1]
 
 
 def csv_errors(root: Path) -> list[tuple[list[str], str, str]]:
