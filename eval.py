@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from metrics.names import QUERY_GALLERY_METRICS
-from utilities.config import DATASET_NAMES
 from utilities.errors import EXIT_USER_ERROR, UserError, one_line
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "worst_queries.png in the folder of --output, else in the checkpoint's run folder",
     )
     reference = parser.add_argument_group("checkpoint mode, the reference eval.py's flags")
-    reference.add_argument("--dataset", choices=DATASET_NAMES, help="data to evaluate on (default: the checkpoint's)")
+    reference.add_argument("--dataset", help="data to evaluate on (default: the checkpoint's)")
     reference.add_argument("--gpu", type=int, nargs="+", default=None, help="CUDA device index")
     reference.add_argument("--batch_size", type=int, default=None, help="images per embedding batch")
     reference.add_argument("--kernels", type=int, default=None, help="data-loader worker processes")

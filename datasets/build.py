@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +18,69 @@ from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
-DATASETS: dict[str, Callable[..., dict[str, SplitFiles]]] = {
-    "cub200": load_cub200,
-    "cars196": load_cars196,
-    "online_products": load_online_products,
-    "inshop": load_inshop,
-    "synthetic": load_synthetic,
-    "folder": load_folder,
-    "csv": load_csv,
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: how its splits are read and how it is evaluated.
+
+    `load(folder, **keys)` returns the splits' files; `keys` are the configuration keys handed to it.
+    `source_is_data`: `source_path` is the data itself (a folder of class folders, a CSV manifest) instead of
+    the root under which `<source_path>/<name>/` lives. `query_gallery(folder)` says whether its evaluation
+    splits are query and gallery (In-Shop, user data that defines them); such data is evaluated query ->
+    gallery and refuses clustering metrics. `prepare(root, cfg)` makes the data first (the synthetic set).
+    """
+
+    load: Callable[..., dict[str, SplitFiles]]
+    description: str
+    source_is_data: bool = False
+    keys: tuple[str, ...] = ()
+    query_gallery: Callable[[Path], bool] = lambda folder: False
+    prepare: Callable[[Path, Any], Path] | None = None
+
+
+def _make_synthetic(root: Path, cfg: Any) -> Path:
+    return ensure_synthetic(
+        root, cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.synthetic_image_size, cfg.seed
+    )
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cub200": DatasetSpec(load_cub200, "CUB-200-2011: classes 1-100 train, 101-200 test"),
+    "cars196": DatasetSpec(load_cars196, "CARS196: 98 classes train, 98 test"),
+    "online_products": DatasetSpec(load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"),
+    "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
+    "synthetic": DatasetSpec(
+        load_synthetic, "the generated 'synthetic birds' benchmark: half the classes train", prepare=_make_synthetic
+    ),
+    "folder": DatasetSpec(
+        load_folder,
+        "your images: train/ + test/, train/ + query/ + gallery/, or class folders split by test_classes",
+        source_is_data=True,
+        keys=("test_classes",),
+        query_gallery=folder_has_query_gallery,
+    ),
+    "csv": DatasetSpec(
+        load_csv,
+        "your images listed in an open-metric-learning manifest (label, path, split, is_query, is_gallery)",
+        source_is_data=True,
+        query_gallery=manifest_has_query_gallery,
+    ),
 }
-"""Loaders by `dataset` name; each reads `<source_path>/<name>/` (the user datasets: `source_path` itself) and
-returns its splits' files."""
+"""The dataset registry: `dataset` names and everything the rest of the code needs to know about each."""
 
-USER_DATASETS = ("folder", "csv")
-"""Datasets whose `source_path` is the data itself (a folder of class folders, a CSV manifest)."""
 
-LOADER_KEYS: dict[str, tuple[str, ...]] = {"folder": ("test_classes",)}
-"""Configuration keys handed to a loader as keyword arguments, by `dataset` name."""
-
-QUERY_GALLERY_PROBES: dict[str, Callable[[Path], bool]] = {
-    "inshop": lambda _: True,
-    "folder": folder_has_query_gallery,
-    "csv": manifest_has_query_gallery,
-}
-"""Whether a dataset's evaluation splits are query and gallery, from its `source_path` (absent: never)."""
+def dataset_names() -> tuple[str, ...]:
+    """The valid `dataset` values."""
+    return tuple(DATASETS)
 
 
 def has_query_gallery(dataset: str, source_path: str | Path) -> bool:
     """Whether `dataset` at `source_path` is evaluated query -> gallery (In-Shop; folder and csv data that
     define query and gallery splits). Unreadable data answers False: its loader reports the problem."""
-    probe = QUERY_GALLERY_PROBES.get(dataset)
-    return probe is not None and probe(Path(source_path))
+    spec = DATASETS.get(dataset)
+    if spec is None:
+        return False
+    return spec.query_gallery(Path(source_path) if spec.source_is_data else Path(source_path) / dataset)
 
 
 def split_validation(train: SplitFiles, fraction: float) -> tuple[SplitFiles, SplitFiles]:
@@ -88,17 +121,16 @@ def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[st
     train_transform = build_transform(cfg.augmentation, True, cfg.resolution, normalization, decoder)
     eval_transform = build_transform(cfg.augmentation, False, cfg.resolution, normalization, decoder)
     root = Path(cfg.source_path)
-    if name == "synthetic":
-        folder = ensure_synthetic(
-            root, cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.synthetic_image_size, cfg.seed
-        )
-    elif name in USER_DATASETS:
+    spec = DATASETS[name]
+    if spec.prepare is not None:
+        folder = spec.prepare(root, cfg)
+    elif spec.source_is_data:
         folder = root  # its loader names a missing folder or file
     else:
         folder = root / name
         if not folder.is_dir():
             raise UserError(f"{name}: data folder {folder} not found (source_path is {root})")
-    files = DATASETS[name](folder, **{key: getattr(cfg, key) for key in LOADER_KEYS.get(name, ())})
+    files = spec.load(folder, **{key: getattr(cfg, key) for key in spec.keys})
     if val_fraction > 0:
         files["train"], files["val"] = split_validation(files["train"], val_fraction)
     return {

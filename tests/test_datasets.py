@@ -16,7 +16,7 @@ from datasets.cars196 import load_cars196
 from datasets.cub200 import load_cub200
 from datasets.inshop import load_inshop
 from datasets.online_products import load_online_products
-from utilities.config import DATASET_NAMES
+from utilities.config import FIELDS, field_choices
 from utilities.errors import UserError
 
 
@@ -318,7 +318,7 @@ def test_build_datasets_errors(tmp_path: Path) -> None:
         build_datasets(config(tmp_path, "cub200", val_classes=1.5))
     assert (
         tuple(DATASETS)
-        == DATASET_NAMES
+        == field_choices(FIELDS["dataset"])
         == ("cub200", "cars196", "online_products", "inshop", "synthetic", "folder", "csv")
     )
 
@@ -336,3 +336,15 @@ def test_corrupt_image_is_a_user_error_and_reported_by_check_images(tmp_path: Pa
     missing = ImageDataset([str(tmp_path / "gone.jpg")], [0])
     with pytest.raises(UserError, match="cannot read image .*gone.jpg"):
         missing[0]
+
+
+def test_configuration_choices_come_from_the_registries() -> None:
+    """The `dataset`, `augmentation` and `data_sampler` values are the registries' names, listed nowhere else."""
+    from datasets.samplers import SAMPLERS
+    from datasets.transforms import AUGMENTATIONS
+    from utilities.config import build_parser
+
+    assert field_choices(FIELDS["augmentation"]) == tuple(AUGMENTATIONS)
+    assert field_choices(FIELDS["data_sampler"]) == tuple(SAMPLERS)
+    help_text = build_parser("x").format_help()
+    assert all(name in help_text for name in (*DATASETS, *AUGMENTATIONS, *SAMPLERS))

@@ -14,11 +14,11 @@ from PIL import Image
 import engine.trainer
 import main as main_module
 from datasets import build_batch_sampler
-from datasets.build import DATASETS, QUERY_GALLERY_PROBES, has_query_gallery
+from datasets.build import DATASETS, has_query_gallery
 from datasets.folder import load_folder
 from datasets.manifest import load_csv
 from metrics.names import QUERY_GALLERY_METRICS
-from utilities.config import DATASET_NAMES, QUERY_GALLERY_DATASETS, config_from_dict
+from utilities.config import FIELDS, config_from_dict, field_choices
 from utilities.errors import UserError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",
@@ -63,8 +63,8 @@ def exits_2_naming(capsys, argv: list[str], *fragments: str) -> str:
 
 
 def test_registry_and_schema_agree() -> None:
-    assert tuple(DATASETS) == DATASET_NAMES and {"folder", "csv"} <= set(DATASETS)
-    assert tuple(QUERY_GALLERY_PROBES) == QUERY_GALLERY_DATASETS
+    assert field_choices(FIELDS["dataset"]) == tuple(DATASETS) and {"folder", "csv"} <= set(DATASETS)
+    assert DATASETS["folder"].source_is_data and DATASETS["csv"].source_is_data
 
 
 # ----------------------------------------------------------------------------------------------- folder

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,21 @@ import yaml
 from utilities.errors import UserError
 from utilities.reference import REFERENCE_OPTIONS, translate_reference
 
-DATASET_NAMES = ("cub200", "cars196", "online_products", "inshop", "synthetic", "folder", "csv")
-"""The `dataset` values: the keys of `datasets.build.DATASETS`, in the same order."""
 
-QUERY_GALLERY_DATASETS = ("inshop", "folder", "csv")
-"""The datasets whose evaluation splits may be query and gallery: the keys of
-`datasets.build.QUERY_GALLERY_PROBES`, which tell from `source_path` whether they are."""
+def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
+    """The names of a registry (`module.name`, a dict), read when a value is validated or `--help` is shown:
+    the registries import torch, which this module does not need for anything else."""
+
+    def names() -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(module), name))
+
+    return names
 
 
-def _key(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    """A schema entry: default value, one-line help and (optionally) the allowed values."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
+def _key(default: Any, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> Any:
+    """A schema entry: default value, one-line help and (optionally) the allowed values, given as a sequence or
+    as a function returning them (a registry's names)."""
+    meta = {"help": help, "choices": choices if callable(choices) or not choices else tuple(choices)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,9 +51,8 @@ class Config:
     # --- run -----------------------------------------------------------------------------------------
     dataset: str = _key(
         "synthetic",
-        "benchmark to train on (cub200, cars196, online_products, inshop, synthetic), or your own images: folder "
-        "(class folders) or csv (a manifest)",
-        DATASET_NAMES,
+        "data to train on: a benchmark, the synthetic set, or your own images (folder: class folders; csv: a manifest)",
+        _registry("datasets.build", "DATASETS"),
     )
     source_path: str = _key(
         "data", "root folder of the benchmarks (the dataset name is appended); folder: the image folder; csv: the file"
@@ -70,12 +74,12 @@ class Config:
     max_nonfinite: int = _key(20, "stop the run after this many consecutive non-finite losses")
 
     # --- data ----------------------------------------------------------------------------------------
-    augmentation: str = _key("base", "training augmentation", ("base", "auto", "big", "adv", "v2"))
+    augmentation: str = _key("base", "training augmentation", _registry("datasets.transforms", "AUGMENTATIONS"))
     image_decoder: str = _key("torchvision", "image decoding: uint8 tensors (faster) or PIL", ("torchvision", "pil"))
     resolution: int = _key(224, "crop size of training and evaluation images")
     batch_size: int = _key(90, "images per (global) training batch")
     samples_per_class: int = _key(2, "images per class draw in a batch")
-    data_sampler: str = _key("class_random", "batch sampler", ("class_random", "m_per_class"))
+    data_sampler: str = _key("class_random", "batch sampler", _registry("datasets.samplers", "SAMPLERS"))
     iterations_per_epoch: int = _key(0, "batches per epoch; 0: floor(train images / batch_size)")
     val_classes: float = _key(0.0, "fraction of training classes held out as a validation split (0: none)")
     test_classes: float = _key(0.5, "folder data without train/: fraction of the classes (sorted last) that test")
@@ -216,10 +220,16 @@ def coerce(key: str, value: Any) -> Any:
     return _coerce_scalar(value, kind, key)
 
 
+def field_choices(f: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The allowed values of a schema entry (None: any value of its type)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
+
+
 def validate(cfg: Config) -> Config:
     """Reject impossible values with one line naming the key; returns `cfg` for chaining."""
     for name, f in FIELDS.items():
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         if choices and getattr(cfg, name) not in choices:
             raise UserError(f"key '{name}' must be one of {', '.join(map(str, choices))}; got '{getattr(cfg, name)}'")
     positive = (
@@ -294,11 +304,12 @@ def validate(cfg: Config) -> Config:
 
 def _check_query_gallery_metrics(cfg: Config) -> None:
     """Canonical metric names; on query -> gallery data (In-Shop, folder/csv data with query and gallery) the
-    default list becomes the reference's In-Shop list and explicit clustering metrics are refused."""
-    from metrics import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name
+    default list becomes the reference's In-Shop list, and metrics that do not exist query -> gallery (the
+    metric registry's `query_gallery`: clustering and the legacy metrics) are refused."""
+    from metrics.names import QUERY_GALLERY_METRICS, canonical_metric_name, resolve_metric
 
     cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
-    clustering = [m for m in cfg.evaluation_metrics if m in CLUSTERING_METRICS]
+    clustering = [m for m in cfg.evaluation_metrics if not resolve_metric(m)[0].query_gallery]
     if not clustering or not _evaluates_query_gallery(cfg.dataset, cfg.source_path):
         return
     if cfg.evaluation_metrics != FIELDS["evaluation_metrics"].default_factory():
@@ -311,9 +322,7 @@ def _check_query_gallery_metrics(cfg: Config) -> None:
 
 
 def _evaluates_query_gallery(dataset: str, source_path: str) -> bool:
-    """`datasets.build.has_query_gallery`, imported (with torch) only for `QUERY_GALLERY_DATASETS`."""
-    if dataset not in QUERY_GALLERY_DATASETS:
-        return False
+    """Whether the data is evaluated query -> gallery (the dataset registry's `query_gallery`)."""
     from datasets.build import has_query_gallery
 
     return has_query_gallery(dataset, source_path)
@@ -377,6 +386,12 @@ def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
     return overrides
 
 
+def _help_line(f: dataclasses.Field, default: Any) -> str:
+    choices = field_choices(f)
+    listed = f"; one of: {', '.join(map(str, choices))}" if choices else ""
+    return f"{f.metadata['help']}{listed} (default: {default})"
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The argparse front end: run options plus every schema key, so --help lists them all."""
     parser = argparse.ArgumentParser(
@@ -395,7 +410,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         nargs = "+" if typing.get_origin(_TYPES[name]) is list else None
         group.add_argument(
             f"--{name}",
-            help=f"{f.metadata['help']} (default: {default})",
+            help=_help_line(f, default),
             metavar="VALUE",
             default=argparse.SUPPRESS,
             nargs=nargs,
