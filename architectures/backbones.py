@@ -64,8 +64,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _reference_checkpoint_weights(path: Path) -> dict[str, torch.Tensor] | None:
     """The backbone weights of a checkpoint of the reference implementation (read without executing any of
     its pickled objects), or None when `path` is not one."""
-    from architectures.reference_weights import is_reference_checkpoint, reference_trunk_state
-    from utilities.restricted_unpickler import load_restricted
+    from compat.unpickler import load_restricted
+    from compat.weights import is_reference_checkpoint, reference_trunk_state
 
     try:
         loaded = load_restricted(path).obj

@@ -2,8 +2,6 @@
 
 Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss named by ``cfg.loss`` and wraps
 it either in ``DADACriterion`` (``cfg.dada``) or in the plain ``ProxyCriterion`` baseline.
-``criterion_kwargs_from_reference`` translates option names and values of the reference implementation
-(``Noahsark/DADA``) into this project's configuration names, through ``utilities.reference``.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from criteria.proxy_losses import (
     masked_logsumexp,
 )
 from utilities.errors import UserError
-from utilities.reference import translate_reference
 
 __all__ = [
     "CRITERION_DEFAULTS",
@@ -42,7 +39,6 @@ __all__ = [
     "SoftplusProxyLoss",
     "build_base_loss",
     "build_criterion",
-    "criterion_kwargs_from_reference",
     "masked_logsumexp",
 ]
 
@@ -80,22 +76,6 @@ CRITERION_DEFAULTS: dict[str, Any] = {
     "proxy_init_std": 0.125,
     "seed": 0,
 }
-
-
-def criterion_kwargs_from_reference(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The criterion's configuration keys for hyper-parameters written with the reference's option names.
-
-    The translation is the one table of ``utilities.reference`` (``proxy_dim`` 0/1 -> ``loss``
-    proxy_anchor/softplus_proxy, ``active_func`` -> relu/leaky_relu, ``loss`` dadaproxy/oproxy -> ``dada``,
-    ...); ``dada`` is True unless the reference ``loss`` says otherwise. Keys that are not criterion
-    settings are dropped; a value without an equivalent (``mix_extension: true``) is a ``UserError``.
-    """
-    translated, _ = translate_reference(hparams, "the reference hyper-parameters")
-    kwargs: dict[str, Any] = {"dada": True}
-    kwargs.update({key: value for key, value in translated.items() if key in CRITERION_DEFAULTS})
-    if isinstance(kwargs.get("dropout"), str):  # the reference's command line passes dropout as a string
-        kwargs["dropout"] = float(kwargs["dropout"])
-    return kwargs
 
 
 _BASE_LOSS_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {

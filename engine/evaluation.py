@@ -187,8 +187,8 @@ class CheckpointEvaluation:
 
 def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[str, Any], Callable[[nn.Module], None]]:
     """Configuration values and a weight loader for a checkpoint of either kind; reports which kind it is."""
-    from architectures.reference_weights import load_reference_weights
-    from engine.reference_checkpoint import read_checkpoint, reference_eval_config
+    from compat.checkpoint import read_checkpoint, reference_eval_config
+    from compat.weights import load_reference_weights
 
     own, reference = read_checkpoint(path)
     if own is not None:
@@ -222,7 +222,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     """Rebuild a checkpoint's model and test data and evaluate them (eval.py).
 
     A checkpoint of this project brings its resolved configuration; one of the reference implementation
-    brings its architecture name and embedding size (`engine.reference_checkpoint`). `request.report` gets
+    brings its architecture name and embedding size (`compat.checkpoint`). `request.report` gets
     one line saying which kind was read (and any setting the request changed).
     """
     from architectures import build_model, input_spec_for

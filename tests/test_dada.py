@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compat.options import criterion_kwargs_from_reference
 from criteria import (
     CRITERION_DEFAULTS,
     PROXY_LOSSES,
@@ -19,7 +20,6 @@ from criteria import (
     ProxyCriterion,
     SeededBetaSource,
     build_criterion,
-    criterion_kwargs_from_reference,
 )
 from criteria.discriminators import (
     ClassDiscrepancyPredictor,

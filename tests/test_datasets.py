@@ -342,7 +342,7 @@ def test_configuration_choices_come_from_the_registries() -> None:
     """The `dataset`, `augmentation` and `data_sampler` values are the registries' names, listed nowhere else."""
     from datasets.samplers import SAMPLERS
     from datasets.transforms import AUGMENTATIONS
-    from utilities.config import build_parser
+    from utilities.command_line import build_parser
 
     assert field_choices(FIELDS["augmentation"]) == tuple(AUGMENTATIONS)
     assert field_choices(FIELDS["data_sampler"]) == tuple(SAMPLERS)

@@ -26,14 +26,14 @@ from torch import nn
 from torchvision import transforms as T
 
 from architectures import build_model
-from architectures.reference_weights import load_reference_weights
+from compat.checkpoint import read_checkpoint, reference_eval_config
+from compat.options import translate_arch
+from compat.unpickler import Placeholder, load_restricted
+from compat.weights import load_reference_weights
 from engine.evaluation import CheckpointEvaluation, evaluate_checkpoint
-from engine.reference_checkpoint import read_checkpoint, reference_eval_config
 from metrics import compute_metrics
 from utilities.config import config_from_dict
 from utilities.errors import UserError
-from utilities.reference import translate_arch
-from utilities.restricted_unpickler import Placeholder, load_restricted
 
 REPO = Path(__file__).resolve().parents[1]
 EMBED_DIM = 64

@@ -1,4 +1,4 @@
-"""The reference implementation's YAML files and command line, unchanged, through `utilities.reference`."""
+"""The reference implementation's YAML files and command line, unchanged, through `compat.options`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import yaml
 from test_config import PAPER_SETTINGS, SHARED, parse
 from test_reference_checkpoint import write_cub
 
+from compat.options import REFERENCE_OPTIONS, markdown_table, translate_arch
 from engine.optim import build_schedulers
 from utilities.config import Config
 from utilities.errors import UserError
-from utilities.reference import REFERENCE_OPTIONS, markdown_table, translate_arch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,15 +17,14 @@ import pytest
 import torch
 from conftest import fixture_dir, record_parity, reference_cases, require_cases
 
+from compat.options import REFERENCE_OPTIONS, criterion_kwargs_from_reference
 from criteria import (
     CRITERION_DEFAULTS,
     FixedDraws,
     build_criterion,
-    criterion_kwargs_from_reference,
 )
 from criteria.dada import DADACriterion
 from criteria.mixing import init_mix_weight
-from utilities.reference import REFERENCE_OPTIONS
 
 FIXTURES = fixture_dir("DADA_REFERENCE_DIR", "dada")
 SCALARS = (

@@ -8,11 +8,9 @@ naming the key (and the closest valid key), before any work starts.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import importlib
-import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +20,6 @@ from typing import Any
 import yaml
 
 from utilities.errors import UserError
-from utilities.reference import REFERENCE_OPTIONS, translate_reference
 
 
 def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
@@ -167,13 +164,14 @@ class Config:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _unknown_key_message(key: str, where: str) -> str:
-    close = difflib.get_close_matches(key, [*FIELDS, *REFERENCE_OPTIONS], n=1, cutoff=0.5)
+def unknown_key_message(key: str, where: str, other_names: Sequence[str] = ()) -> str:
+    """'unknown key' naming the closest valid key (among the schema's and `other_names`)."""
+    close = difflib.get_close_matches(key, [*FIELDS, *other_names], n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; see python main.py --help"
     return f"unknown key '{key}' in {where}{hint}"
 
 
-_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+KEY_TYPES: dict[str, Any] = typing.get_type_hints(Config)
 
 
 def _parse_bool(text: str, key: str) -> bool:
@@ -203,7 +201,7 @@ def _coerce_scalar(value: Any, kind: type, key: str) -> Any:
 
 def coerce(key: str, value: Any) -> Any:
     """Convert a YAML value or command-line string(s) to the type the schema declares for `key`."""
-    kind = _TYPES[key]
+    kind = KEY_TYPES[key]
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str):
@@ -349,116 +347,12 @@ def config_from_dict(values: dict[str, Any], where: str = "the configuration") -
     return validate(cfg)
 
 
-def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> list[str]:
-    """Set the keys of one source on `cfg`; the reference implementation's options are translated first
-    (`utilities.reference`). Returns one line per translated option."""
-    values, lines = translate_reference(values, where, cfg.to_dict())
+def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> None:
+    """Set the keys of one source (this project's key names only) on `cfg`."""
     for key, value in values.items():
         if key not in FIELDS:
-            raise UserError(_unknown_key_message(key, where))
+            raise UserError(unknown_key_message(key, where))
         setattr(cfg, key, coerce(key, value))
-    return lines
-
-
-def _split_cli_overrides(tokens: list[str]) -> dict[str, list[str]]:
-    """`--key value [value ...]` pairs (also `--key=value`) from the tokens argparse did not know."""
-    overrides: dict[str, list[str]] = {}
-    key: str | None = None
-    for token in tokens:
-        if token.startswith("--"):
-            name, _, inline = token[2:].partition("=")
-            key = name.replace("-", "_")
-            if key not in FIELDS and key not in REFERENCE_OPTIONS:
-                raise UserError(_unknown_key_message(key, "the command line"))
-            overrides[key] = [inline] if inline else []
-        elif key is None:
-            raise UserError(f"unexpected argument '{token}' (options are written --key value)")
-        else:
-            overrides[key].append(token)
-    for name, values in overrides.items():
-        if not values:
-            if name in REFERENCE_OPTIONS and name not in FIELDS:  # a flag of the reference's argparse
-                values.append(str(REFERENCE_OPTIONS[name].bare).lower())
-            elif _TYPES[name] is bool:
-                values.append("true")
-            else:
-                raise UserError(f"key '{name}' on the command line needs a value")
-    return overrides
-
-
-def _help_line(f: dataclasses.Field, default: Any) -> str:
-    choices = field_choices(f)
-    listed = f"; one of: {', '.join(map(str, choices))}" if choices else ""
-    return f"{f.metadata['help']}{listed} (default: {default})"
-
-
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The argparse front end: run options plus every schema key, so --help lists them all."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        allow_abbrev=False,
-        epilog="The reference implementation's option names (n_epochs, d_dis_ratio, fd2_bn, ...) and YAML files are "
-        "accepted too; each translated option is reported on one line (python -m utilities.reference lists them).",
-    )
-    parser.add_argument("--config", help="YAML file of settings (command-line keys win over it)")
-    parser.add_argument("--resume", help="continue a run: a checkpoint file or a run folder")
-    parser.add_argument("--dry_run", action="store_true", help="check config and data, print a summary, exit")
-    parser.add_argument("--check_images", action="store_true", help="with --dry_run: decode every image")
-    group = parser.add_argument_group("settings (YAML keys; any can be given as --key value)")
-    for name, f in FIELDS.items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        nargs = "+" if typing.get_origin(_TYPES[name]) is list else None
-        group.add_argument(
-            f"--{name}",
-            help=_help_line(f, default),
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            nargs=nargs,
-        )
-    return parser
-
-
-def parse_command_line(
-    argv: Sequence[str] | None, description: str, base: dict[str, Any] | None = None
-) -> tuple[Config, argparse.Namespace]:
-    """Resolve defaults (or `base`, a stored configuration), the YAML of `--config` and `--key value`
-    overrides into a validated `Config`.
-
-    Returns the config and the run options (`config`, `resume`, `dry_run`, `check_images`). The reference
-    implementation's options are translated, with one line each on stderr.
-    """
-    parser = build_parser(description)
-    known = ["--config", "--resume", "--dry_run", "--check_images", "--help", "-h"]
-    run_tokens, key_tokens = _separate(list(argv) if argv is not None else sys.argv[1:], known)
-    options = parser.parse_args(run_tokens)
-    cfg = Config()
-    if base:
-        apply_overrides(cfg, base, "the stored configuration")
-    mapped = apply_overrides(cfg, read_yaml(options.config), f"config file {options.config}") if options.config else []
-    mapped += apply_overrides(cfg, _split_cli_overrides(key_tokens), "the command line")
-    validate(cfg)
-    for line in mapped:  # only once the whole configuration is valid: an error stays one line
-        print(line, file=sys.stderr)
-    return cfg, options
-
-
-def _separate(tokens: list[str], run_options: list[str]) -> tuple[list[str], list[str]]:
-    """Split argv into the run options (for argparse) and the schema `--key value` overrides."""
-    run, keys = [], []
-    takes_value = {"--config", "--resume"}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        name = token.split("=", 1)[0]
-        if name in run_options:
-            run.append(token)
-            if name in takes_value and "=" not in token and i + 1 < len(tokens):
-                run.append(tokens[i + 1])
-                i += 1
-        else:
-            keys.append(token)
-        i += 1
-    return run, keys
 
 
 def write_yaml(cfg: Config, path: Path) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from architectures.reference_weights import is_reference_checkpoint
+from compat.options import translate_arch
+from compat.unpickler import RestrictedLoad
+from compat.weights import is_reference_checkpoint
 from datasets.build import has_query_gallery
 from metrics.names import REFERENCE_INSHOP_METRICS
 from utilities.config import Config
 from utilities.errors import UserError
-from utilities.reference import translate_arch
-from utilities.restricted_unpickler import RestrictedLoad
 
 # The reference eval.py's default metrics. In-Shop: the reference's training-time In-Shop report
 # (REFERENCE_INSHOP_METRICS: recall@1/10/20/30/40/50 and its top-50 MAP), computed by this project's exact search.
@@ -101,8 +101,8 @@ def reference_eval_config(
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, ReferenceCheckpoint | None]:
     """A checkpoint of this project (read with ``weights_only=True``) or, failing that, one of the reference
     implementation (read with the restricted unpickler): exactly one of the pair is not None."""
+    from compat.unpickler import load_restricted
     from engine.checkpoint import FORMAT, load_checkpoint
-    from utilities.restricted_unpickler import load_restricted
 
     try:
         return load_checkpoint(path), None

@@ -11,7 +11,7 @@ are not in the table: they pass through. Two names exist in both with different 
 (``dadaproxy`` / ``oproxy``) and ``arch`` (``resnet50_frozen_layernorm_double``): only the reference's
 values are translated, this project's values pass through.
 
-``python -m utilities.reference`` prints the table as Markdown (the README's copy is checked by a test).
+``python -m compat.options`` prints the table as Markdown (the README's copy is checked by a test).
 """
 
 from __future__ import annotations
@@ -305,3 +305,21 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+def criterion_kwargs_from_reference(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The criterion's configuration keys for hyper-parameters written with the reference's option names.
+
+    The translation is the table above (``proxy_dim`` 0/1 -> ``loss`` proxy_anchor/softplus_proxy,
+    ``active_func`` -> relu/leaky_relu, ``loss`` dadaproxy/oproxy -> ``dada``, ...); ``dada`` is True unless the
+    reference ``loss`` says otherwise. Keys that are not criterion settings are dropped; a value without an
+    equivalent (``mix_extension: true``) is a ``UserError``.
+    """
+    from criteria import CRITERION_DEFAULTS
+
+    translated, _ = translate_reference(hparams, "the reference hyper-parameters")
+    kwargs: dict[str, Any] = {"dada": True}
+    kwargs.update({key: value for key, value in translated.items() if key in CRITERION_DEFAULTS})
+    if isinstance(kwargs.get("dropout"), str):  # the reference's command line passes dropout as a string
+        kwargs["dropout"] = float(kwargs["dropout"])
+    return kwargs
