@@ -1,41 +1,49 @@
 """Proxy losses and the DADA criterion.
 
-Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss named by ``cfg.loss`` and wraps
-it either in ``DADACriterion`` (``cfg.dada``) or in the plain ``ProxyCriterion`` baseline.
+Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss named by ``cfg.loss`` (one of
+``criteria.registry.LOSSES``) and wraps it either in ``DADACriterion`` (``cfg.dada``) or in the plain
+``ProxyCriterion`` baseline; both satisfy the ``Criterion`` protocol of ``criteria.base``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from torch import nn
-
+from criteria.base import AdversarialCriterion, Criterion, LossEntry, LossKey, ProxyLoss
 from criteria.dada import DADACriterion, ProxyCriterion
 from criteria.discriminators import ACTIVATIONS, DISCREPANCIES
 from criteria.mixing import MIX_MODES, FixedDraws, MixSource, SeededBetaSource
+from criteria.norm_softmax import NormSoftmaxLoss
 from criteria.proxy_losses import (
-    POSITIVE_MEANS,
-    PROXY_LOSSES,
     ProxyAnchorLoss,
     ProxyNCALoss,
     ProxyNCAPlusPlusLoss,
     SoftplusProxyLoss,
     masked_logsumexp,
 )
+from criteria.registry import LOSS_KEYS, LOSSES, PROXY_LOSSES, build_base_loss, check_loss_config
+from criteria.softtriple import SoftTripleLoss
 from utilities.errors import UserError
 
 __all__ = [
     "CRITERION_DEFAULTS",
+    "LOSSES",
+    "AdversarialCriterion",
+    "Criterion",
     "DADACriterion",
     "FixedDraws",
+    "LossEntry",
+    "LossKey",
     "MixSource",
+    "NormSoftmaxLoss",
     "PROXY_LOSSES",
     "ProxyAnchorLoss",
     "ProxyCriterion",
+    "ProxyLoss",
     "ProxyNCALoss",
     "ProxyNCAPlusPlusLoss",
     "SeededBetaSource",
+    "SoftTripleLoss",
     "SoftplusProxyLoss",
     "build_base_loss",
     "build_criterion",
@@ -43,17 +51,13 @@ __all__ = [
 ]
 
 # Every configuration key read by build_criterion, with the reference implementation's default value
-# (its parameters.py / docs/reference.md §5.3). The configuration schema owns the defaults; this documents them.
+# (its parameters.py / docs/reference.md §5.3); the keys of the base losses come from their registry entries.
+# The configuration schema owns the defaults; this documents them.
 CRITERION_DEFAULTS: dict[str, Any] = {
     "loss": "proxy_anchor",
     "dada": True,
     "embed_dim": 512,
-    "pos_alpha": 32.0,
-    "neg_alpha": 32.0,
-    "pos_delta": 0.1,
-    "neg_delta": -0.1,
-    "pa_positive_mean": "sample",
-    "nca_temperature": 1.0 / 9.0,
+    **{name: key.default for name, key in LOSS_KEYS.items()},
     "proxy_loss_weight": 0.0075,
     "adv_weight": 1.0,
     "class_ratio": 0.01,
@@ -78,31 +82,10 @@ CRITERION_DEFAULTS: dict[str, Any] = {
 }
 
 
-_BASE_LOSS_BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
-    "proxy_anchor": lambda cfg: ProxyAnchorLoss(
-        cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta, positive_mean=cfg.pa_positive_mean
-    ),
-    "softplus_proxy": lambda cfg: SoftplusProxyLoss(cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta),
-    "proxy_nca": lambda cfg: ProxyNCALoss(),
-    "proxy_nca_pp": lambda cfg: ProxyNCAPlusPlusLoss(temperature=cfg.nca_temperature),
-}
-assert set(_BASE_LOSS_BUILDERS) == set(PROXY_LOSSES)
-
-
 def _require_choice(cfg: Any, key: str, choices: Any) -> None:
     value = getattr(cfg, key)
     if value not in choices:
         raise UserError(f"{key}: unknown value {value!r}; expected one of {', '.join(sorted(choices))}")
-
-
-def build_base_loss(cfg: Any) -> nn.Module:
-    """The base proxy loss named by ``cfg.loss`` (a key of ``PROXY_LOSSES``)."""
-    _require_choice(cfg, "loss", PROXY_LOSSES)
-    if cfg.loss == "proxy_anchor":
-        _require_choice(cfg, "pa_positive_mean", POSITIVE_MEANS)
-    if cfg.loss == "proxy_nca_pp" and not cfg.nca_temperature > 0:
-        raise UserError(f"nca_temperature: expected a value > 0, got {cfg.nca_temperature!r}")
-    return _BASE_LOSS_BUILDERS[cfg.loss](cfg)
 
 
 def _check_dada_config(cfg: Any) -> None:
@@ -119,11 +102,13 @@ def _check_dada_config(cfg: Any) -> None:
         raise UserError(f"mix_alpha/mix_beta: Beta parameters must be > 0, got {cfg.mix_alpha}, {cfg.mix_beta}")
 
 
-def build_criterion(cfg: Any, n_classes: int) -> nn.Module:
+def build_criterion(cfg: Any, n_classes: int) -> DADACriterion | ProxyCriterion:
     """``DADACriterion`` (``cfg.dada``) or ``ProxyCriterion`` around the base loss ``cfg.loss``.
 
+    ``UserError`` for impossible loss settings, and for ``dada`` with a loss of several proxies per class.
     The Beta draws come from ``SeededBetaSource(cfg.seed)``: identical on every process.
     """
+    check_loss_config(cfg)
     base_loss = build_base_loss(cfg)
     if not cfg.dada:
         return ProxyCriterion(base_loss, n_classes, cfg.embed_dim, proxy_init_std=cfg.proxy_init_std)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from criteria.base import ParamGroups, ProxyLoss
 from criteria.discriminators import DISCREPANCIES, ClassDiscrepancyPredictor, DomainDiscriminator
 from criteria.mixing import (
     MIX_MODES,
@@ -30,8 +31,6 @@ from criteria.mixing import (
     sample_proxy_mix,
 )
 from criteria.precision import float32_forward
-
-ParamGroups = dict[str, list[dict]]
 
 # Domain targets of the unified discriminator.
 SAMPLE_DOMAIN, MIXED_DOMAIN, PROXY_DOMAIN = 0, 1, 2
@@ -47,14 +46,16 @@ class DADACriterion(nn.Module):
 
     Use ``discriminator_loss`` for the discriminator step and ``generator_loss`` (= ``forward``) for the
     generator step; both return (loss, logs) where logs are detached scalars named as in the fixtures.
-    ``mix_source`` supplies the Beta draws; replace the attribute to replay recorded draws.
+    ``mix_source`` supplies the Beta draws; replace the attribute to replay recorded draws. The base loss
+    must use one proxy per class (``proxies_per_class == 1``): the proxies form DADA's third domain and the
+    class predictor's targets.
     """
 
     adversarial = True
 
     def __init__(
         self,
-        base_loss: nn.Module,
+        base_loss: ProxyLoss,
         n_classes: int,
         embed_dim: int,
         *,
@@ -86,6 +87,8 @@ class DADACriterion(nn.Module):
         if mix_mode not in MIX_MODES:
             raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
         check_shift_scale(shift_scale)
+        if base_loss.proxies_per_class != 1:
+            raise ValueError(f"DADA needs one proxy per class, the base loss has {base_loss.proxies_per_class}")
         if pos_class_mix and samples_per_class < 2:
             raise ValueError(f"pos_class_mix needs samples_per_class >= 2, got {samples_per_class}")
 
@@ -194,14 +197,21 @@ class DADACriterion(nn.Module):
     def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.generator_loss(embeddings, labels)
 
-    def param_groups(self, proxy_lr: float, disc_lr: float, disc_decay: float) -> ParamGroups:
-        """Optimizer groups of docs/reference.md §1.9.
+    def set_epoch(self, epoch: int) -> None:
+        """Re-seed the mixing draws from (seed, epoch) when the source can (``SeededBetaSource``)."""
+        if hasattr(self.mix_source, "set_epoch"):
+            self.mix_source.set_epoch(epoch)
+        self.base_loss.set_epoch(epoch)
 
-        "proxy" (stepped with the generator): proxies at ``proxy_lr``; f of ``individual`` mode at
-        ``disc_lr``. "discriminator": both discriminators at ``disc_lr`` with ``disc_decay``; W_mix of
-        ``linear`` mode at ``disc_lr`` without decay. No criterion parameter joins the backbone optimizer.
+    def param_groups(self, proxy_lr: float, disc_lr: float, disc_decay: float) -> ParamGroups:
+        """Optimizer groups of docs/reference.md §1.9, covering every parameter of the criterion.
+
+        "proxy" (stepped with the generator): the base loss's groups (``ProxyLoss.param_groups``: the
+        proxies at ``proxy_lr``, then its own parameters, if any); f of ``individual`` mode at ``disc_lr``.
+        "discriminator": both discriminators at ``disc_lr`` with ``disc_decay``; W_mix of ``linear`` mode at
+        ``disc_lr`` without decay. No criterion parameter joins the backbone optimizer.
         """
-        proxy = [{"params": [self.proxies], "lr": proxy_lr, "weight_decay": 0.0}]
+        proxy = self.base_loss.param_groups(self.proxies, proxy_lr)
         discriminator = [
             {"params": list(self.domain.parameters()), "lr": disc_lr, "weight_decay": disc_decay},
             {"params": list(self.classifier.parameters()), "lr": disc_lr, "weight_decay": disc_decay},
@@ -216,15 +226,16 @@ class DADACriterion(nn.Module):
 class ProxyCriterion(nn.Module):
     """The plain baseline: a base proxy loss with its own proxies, no discriminators.
 
-    Same interface as ``DADACriterion`` minus ``discriminator_loss`` (``adversarial`` is False).
+    Same interface as ``DADACriterion`` minus ``discriminator_loss`` (``adversarial`` is False). Holds
+    ``n_classes × base_loss.proxies_per_class`` proxies (row c·K + k: proxy k of class c).
     """
 
     adversarial = False
 
-    def __init__(self, base_loss: nn.Module, n_classes: int, embed_dim: int, proxy_init_std: float = 0.125) -> None:
+    def __init__(self, base_loss: ProxyLoss, n_classes: int, embed_dim: int, proxy_init_std: float = 0.125) -> None:
         super().__init__()
         self.base_loss = base_loss
-        self.proxies = _init_proxies(n_classes, embed_dim, proxy_init_std)
+        self.proxies = _init_proxies(n_classes * base_loss.proxies_per_class, embed_dim, proxy_init_std)
 
     @float32_forward
     def generator_loss(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -234,6 +245,11 @@ class ProxyCriterion(nn.Module):
     def forward(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.generator_loss(embeddings, labels)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the base loss (no draws of its own)."""
+        self.base_loss.set_epoch(epoch)
+
     def param_groups(self, proxy_lr: float, disc_lr: float = 0.0, disc_decay: float = 0.0) -> ParamGroups:
-        """Proxies at ``proxy_lr`` without decay; no discriminator group (the other arguments are unused)."""
-        return {"proxy": [{"params": [self.proxies], "lr": proxy_lr, "weight_decay": 0.0}], "discriminator": []}
+        """The base loss's groups (the proxies at ``proxy_lr`` without decay, then its own parameters);
+        no discriminator group (the other arguments are unused)."""
+        return {"proxy": self.base_loss.param_groups(self.proxies, proxy_lr), "discriminator": []}

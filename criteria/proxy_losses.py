@@ -7,15 +7,21 @@ One calling convention for all of them::
 The criterion that wraps a base loss (``ProxyCriterion`` or ``DADACriterion``) owns the proxies, so the
 same loss can be used with or without the DADA adversarial part, and tests can hand any proxies in.
 Every loss L2-normalises embeddings and proxies itself and computes in float32 even under autocast.
+The four losses of this module are registered in ``criteria.registry`` through the entries at the end.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from criteria.base import LossEntry, LossKey, ParamGroup, ProxyLoss, group
 from criteria.precision import float32_forward
+from utilities.errors import UserError
 
 POSITIVE_MEANS = ("sample", "proxy")
 
@@ -39,7 +45,7 @@ def _cosine(embeddings: Tensor, proxies: Tensor) -> tuple[Tensor, Tensor]:
     return F.normalize(embeddings, dim=-1), F.normalize(proxies, dim=-1)
 
 
-class ProxyAnchorLoss(nn.Module):
+class ProxyAnchorLoss(ProxyLoss):
     """Proxy-Anchor loss (Kim et al., CVPR 2020) with separate positive/negative scales and margins.
 
     With cosine similarities s_{n,c} = <n̂(e_n), n̂(w_c)>:
@@ -94,7 +100,7 @@ class ProxyAnchorLoss(nn.Module):
         return pos_term + neg_term
 
 
-class SoftplusProxyLoss(nn.Module):
+class SoftplusProxyLoss(ProxyLoss):
     """The reference's ``proxy_dim = 1`` loss: a per-sample decoupled soft-plus loss (docs/reference.md §1.4).
 
     The reference calls it the "ProxyNCA" switch, but it is neither ProxyNCA (a softmax over negatives)
@@ -135,7 +141,7 @@ def _squared_distances_of_unit_vectors(embeddings: Tensor, proxies: Tensor) -> T
     return (2.0 - 2.0 * (x @ w.T)).clamp(min=0.0)
 
 
-class ProxyNCALoss(nn.Module):
+class ProxyNCALoss(ProxyLoss):
     """ProxyNCA (Movshovitz-Attias et al., ICCV 2017, "No Fuss Distance Metric Learning using Proxies").
 
     With x̂ = scale·n̂(e) and p̂_c = scale·n̂(w_c), d_{n,c} = ‖x̂_n − p̂_c‖² = scale²·‖n̂(e_n) − n̂(w_c)‖²:
@@ -160,7 +166,7 @@ class ProxyNCALoss(nn.Module):
         return (positive + torch.logsumexp(negatives, dim=1)).mean()
 
 
-class ProxyNCAPlusPlusLoss(nn.Module):
+class ProxyNCAPlusPlusLoss(ProxyLoss):
     """ProxyNCA++ loss (Teh et al., ECCV 2020, "ProxyNCA++: Revisiting and Revitalizing Proxy NCA").
 
     With d_{n,c} = ‖n̂(e_n) − n̂(w_c)‖² and temperature T (1/9 in the paper):
@@ -169,23 +175,101 @@ class ProxyNCAPlusPlusLoss(nn.Module):
 
     i.e. the cross-entropy of softmax(−d/T) over all proxies, the positive included. Only the loss is
     provided: the paper's other ingredients (fast proxies, global max pooling, layer norm) live elsewhere.
+
+    With ``learn_temperature`` the temperature is a parameter, learnt as log T (so T stays > 0) and
+    stepped with the proxies at their learning rate (``param_groups``); it starts at ``temperature``.
     """
 
-    def __init__(self, temperature: float = 1.0 / 9.0) -> None:
+    def __init__(self, temperature: float = 1.0 / 9.0, learn_temperature: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.learn_temperature = bool(learn_temperature)
+        self.fixed_temperature = float(temperature)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature))) if self.learn_temperature else None
+
+    @property
+    def temperature(self) -> float:
+        """The current temperature T, as a Python float."""
+        if self.log_temperature is None:
+            return self.fixed_temperature
+        return float(self.log_temperature.detach().exp())
+
+    def param_groups(self, proxies: nn.Parameter, proxy_lr: float) -> list[ParamGroup]:
+        """The proxies, then log T (when learnt), both at ``proxy_lr`` without weight decay."""
+        groups = super().param_groups(proxies, proxy_lr)
+        if self.log_temperature is not None:
+            groups.append(group([self.log_temperature], proxy_lr))
+        return groups
 
     @float32_forward
     def forward(self, embeddings: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:
-        logits = -_squared_distances_of_unit_vectors(embeddings, proxies) / self.temperature
+        distances = _squared_distances_of_unit_vectors(embeddings, proxies)
+        if self.log_temperature is None:
+            logits = -distances / self.fixed_temperature
+        else:
+            logits = -distances / self.log_temperature.float().exp()
         return F.cross_entropy(logits, labels)
 
 
-PROXY_LOSSES: dict[str, type[nn.Module]] = {
-    "proxy_anchor": ProxyAnchorLoss,
-    "softplus_proxy": SoftplusProxyLoss,
-    "proxy_nca": ProxyNCALoss,
-    "proxy_nca_pp": ProxyNCAPlusPlusLoss,
-}
+# -- registry entries (criteria.registry lists them) ------------------------------------------------------
+
+POS_ALPHA = LossKey("pos_alpha", 32.0, "Proxy-Anchor positive scale alpha+")
+NEG_ALPHA = LossKey("neg_alpha", 32.0, "Proxy-Anchor negative scale alpha-")
+POS_DELTA = LossKey("pos_delta", 0.1, "Proxy-Anchor positive margin delta+")
+NEG_DELTA = LossKey("neg_delta", -0.1, "Proxy-Anchor negative margin delta-")
+PA_POSITIVE_MEAN = LossKey(
+    "pa_positive_mean",
+    "sample",
+    "Proxy-Anchor positive term: per sample row (reference) or per proxy (paper)",
+    POSITIVE_MEANS,
+)
+NCA_TEMPERATURE = LossKey("nca_temperature", 1.0 / 9.0, "ProxyNCA++ softmax temperature")
+NCA_LEARN_TEMPERATURE = LossKey(
+    "nca_learn_temperature",
+    False,
+    "ProxyNCA++: learn the temperature (as log T, at proxy_lr), starting at nca_temperature",
+)
+_MARGIN_KEYS = (POS_ALPHA, NEG_ALPHA, POS_DELTA, NEG_DELTA)
+
+
+def _check_nca_temperature(cfg: Any) -> None:
+    if not cfg.nca_temperature > 0:
+        raise UserError(f"key 'nca_temperature' must be > 0; got {cfg.nca_temperature!r}")
+
+
+PROXY_ANCHOR = LossEntry(
+    name="proxy_anchor",
+    loss_class=ProxyAnchorLoss,
+    build=lambda cfg: ProxyAnchorLoss(
+        cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta, positive_mean=cfg.pa_positive_mean
+    ),
+    keys=(*_MARGIN_KEYS, PA_POSITIVE_MEAN),
+    one_proxy_per_class=True,
+    doc="Proxy-Anchor (Kim et al. 2020), the reference's proxy_dim 0",
+)
+SOFTPLUS_PROXY = LossEntry(
+    name="softplus_proxy",
+    loss_class=SoftplusProxyLoss,
+    build=lambda cfg: SoftplusProxyLoss(cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta),
+    keys=_MARGIN_KEYS,
+    one_proxy_per_class=True,
+    doc="per-sample soft-plus proxy loss, the reference's proxy_dim 1",
+)
+PROXY_NCA = LossEntry(
+    name="proxy_nca",
+    loss_class=ProxyNCALoss,
+    build=lambda cfg: ProxyNCALoss(),
+    keys=(),
+    one_proxy_per_class=True,
+    doc="ProxyNCA (Movshovitz-Attias et al. 2017)",
+)
+PROXY_NCA_PP = LossEntry(
+    name="proxy_nca_pp",
+    loss_class=ProxyNCAPlusPlusLoss,
+    build=lambda cfg: ProxyNCAPlusPlusLoss(cfg.nca_temperature, learn_temperature=cfg.nca_learn_temperature),
+    keys=(NCA_TEMPERATURE, NCA_LEARN_TEMPERATURE),
+    one_proxy_per_class=True,
+    doc="ProxyNCA++ (Teh et al. 2020), fixed or learnt temperature",
+    check=_check_nca_temperature,
+)

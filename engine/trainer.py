@@ -195,8 +195,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
 def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
     cfg = run.cfg
     seed_everything(derive_seed(cfg.seed, epoch))
-    if hasattr(run.criterion, "mix_source") and hasattr(run.criterion.mix_source, "set_epoch"):
-        run.criterion.mix_source.set_epoch(epoch)
+    run.criterion.set_epoch(epoch)
     batches.set_epoch(epoch)
     warmup, d_warmup = epoch < cfg.warmup, epoch < run.d_warmup_epochs()
     if d_warmup and not run.adversarial:

@@ -7,16 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning.losses import CosFaceLoss as PmlCosFaceLoss
+from pytorch_metric_learning.losses import NormalizedSoftmaxLoss as PmlNormalizedSoftmaxLoss
 from pytorch_metric_learning.losses import ProxyAnchorLoss as PmlProxyAnchorLoss
+from pytorch_metric_learning.losses import SoftTripleLoss as PmlSoftTripleLoss
+from pytorch_metric_learning.regularizers import SparseCentersRegularizer
 
+from criteria.norm_softmax import NormSoftmaxLoss
 from criteria.proxy_losses import (
-    PROXY_LOSSES,
     ProxyAnchorLoss,
     ProxyNCALoss,
     ProxyNCAPlusPlusLoss,
     SoftplusProxyLoss,
     masked_logsumexp,
 )
+from criteria.registry import PROXY_LOSSES
+from criteria.softtriple import SoftTripleLoss
 
 UNEQUAL_LABELS = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 5])  # classes 4 and 6 absent
 EQUAL_LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 5, 5, 6, 6])
@@ -161,15 +167,26 @@ def test_proxy_nca_plus_plus_hand_example():
 
 
 def test_registry_names():
-    assert set(PROXY_LOSSES) == {"proxy_anchor", "softplus_proxy", "proxy_nca", "proxy_nca_pp"}
+    expected = {"proxy_anchor", "softplus_proxy", "proxy_nca", "proxy_nca_pp", "softtriple", "norm_softmax"}
+    assert set(PROXY_LOSSES) >= expected  # a new loss adds itself without editing this test
+
+
+def proxies_for(loss_fn, proxies: torch.Tensor, seed: int) -> torch.Tensor:
+    """``proxies`` for a loss with one proxy per class, fresh N(0, 1/64) rows for one with K per class."""
+    k = loss_fn.proxies_per_class
+    if k == 1:
+        return proxies
+    return torch.randn(N_CLASSES * k, DIM, generator=torch.Generator().manual_seed(seed)) / 8
 
 
 @pytest.mark.parametrize("name", sorted(PROXY_LOSSES))
 def test_scalar_with_gradients_to_embeddings_and_proxies(name):
     embeddings, proxies = batch(UNEQUAL_LABELS, 5)
+    loss_fn = PROXY_LOSSES[name]()
+    proxies = proxies_for(loss_fn, proxies, 5)
     embeddings.requires_grad_(True)
     proxies.requires_grad_(True)
-    loss = PROXY_LOSSES[name]()(embeddings, UNEQUAL_LABELS, proxies)
+    loss = loss_fn(embeddings, UNEQUAL_LABELS, proxies)
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
     assert embeddings.grad.abs().sum() > 0 and proxies.grad.abs().sum() > 0
@@ -180,8 +197,85 @@ def test_float32_under_bf16_autocast(name):
     embeddings, proxies = batch(UNEQUAL_LABELS, 6)
     low = embeddings.bfloat16()
     loss_fn = PROXY_LOSSES[name]()
+    proxies = proxies_for(loss_fn, proxies, 6)
     expected = loss_fn(low.float(), UNEQUAL_LABELS, proxies)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = loss_fn(low, UNEQUAL_LABELS, proxies)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# -- SoftTriple, Normalized-Softmax and CosFace against pytorch-metric-learning --------------------------
+# pytorch-metric-learning keeps its class weights as a [D, C·K] matrix: ours are the transposed [C·K, D].
+
+
+@pytest.mark.parametrize("k, tau, seed", [(3, 0.2, 0), (4, 0.0, 1), (1, 0.2, 2)])
+def test_softtriple_equals_pytorch_metric_learning(k, tau, seed):
+    embeddings, _ = batch(UNEQUAL_LABELS, seed)
+    centres = torch.randn(N_CLASSES * k, DIM, generator=torch.Generator().manual_seed(seed + 10)) / 8
+    loss_fn = SoftTripleLoss(k, la=20.0, gamma=0.1, tau=tau, margin=0.01)
+    regulariser = {}
+    if k > 1 and tau:
+        regulariser = {"weight_regularizer": SparseCentersRegularizer(N_CLASSES, k), "weight_reg_weight": tau}
+    oracle = PmlSoftTripleLoss(N_CLASSES, DIM, centers_per_class=k, la=20, gamma=0.1, margin=0.01, **regulariser)
+    with torch.no_grad():
+        oracle.fc.copy_(centres.T)
+    expected = oracle(embeddings, UNEQUAL_LABELS)
+    torch.testing.assert_close(loss_fn(embeddings, UNEQUAL_LABELS, centres), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_softtriple_follows_the_paper_formula():
+    k, la, gamma, tau, delta = 2, 10.0, 0.5, 0.3, 0.1
+    embeddings, _ = batch(UNEQUAL_LABELS, 3)
+    centres = torch.randn(N_CLASSES * k, DIM, generator=torch.Generator().manual_seed(4)) / 8
+    loss = SoftTripleLoss(k, la=la, gamma=gamma, tau=tau, margin=delta)(embeddings, UNEQUAL_LABELS, centres)
+
+    x, w = normalise(embeddings.double().numpy()), normalise(centres.double().numpy()).reshape(N_CLASSES, k, DIM)
+    y = UNEQUAL_LABELS.numpy()
+    sims = np.einsum("nd,ckd->nck", x, w)
+    soft = np.exp(sims / gamma) / np.exp(sims / gamma).sum(axis=2, keepdims=True)
+    s = (soft * sims).sum(axis=2)
+    logits = la * (s - delta * np.eye(N_CLASSES)[y])
+    ce = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(y)), y])
+    pair_distances = [np.sqrt(2 + 2e-5 - 2 * w[c, 0] @ w[c, 1]) for c in range(N_CLASSES)]
+    reg = np.sum(pair_distances) / (N_CLASSES * k * (k - 1))
+    assert loss.item() == pytest.approx(ce + tau * reg, rel=1e-5)
+
+
+@pytest.mark.parametrize("scale, seed", [(20.0, 0), (4.0, 1)])
+def test_norm_softmax_equals_pytorch_metric_learning(scale, seed):
+    embeddings, proxies = batch(UNEQUAL_LABELS, seed)
+    oracle = PmlNormalizedSoftmaxLoss(N_CLASSES, DIM, temperature=1.0 / scale)
+    with torch.no_grad():
+        oracle.W.copy_(proxies.T)
+    expected = oracle(embeddings, UNEQUAL_LABELS)
+    got = NormSoftmaxLoss(scale)(embeddings, UNEQUAL_LABELS, proxies)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    learnt = NormSoftmaxLoss(scale, learn_scale=True)(embeddings, UNEQUAL_LABELS, proxies)
+    torch.testing.assert_close(learnt, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale, margin, seed", [(64.0, 0.35, 0), (16.0, 0.1, 1)])
+def test_norm_softmax_with_a_margin_equals_pytorch_metric_learning_cosface(scale, margin, seed):
+    embeddings, proxies = batch(UNEQUAL_LABELS, seed)
+    oracle = PmlCosFaceLoss(N_CLASSES, DIM, margin=margin, scale=scale)
+    with torch.no_grad():
+        oracle.W.copy_(proxies.T)
+    expected = oracle(embeddings, UNEQUAL_LABELS)
+    got = NormSoftmaxLoss(scale, margin=margin)(embeddings, UNEQUAL_LABELS, proxies)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_learnable_temperature_and_scale_get_gradients_and_groups():
+    embeddings, proxies = batch(UNEQUAL_LABELS, 7)
+    nca = ProxyNCAPlusPlusLoss(temperature=0.25, learn_temperature=True)
+    fixed = ProxyNCAPlusPlusLoss(temperature=0.25)
+    torch.testing.assert_close(nca(embeddings, UNEQUAL_LABELS, proxies), fixed(embeddings, UNEQUAL_LABELS, proxies))
+    nca(embeddings, UNEQUAL_LABELS, proxies).backward()
+    assert nca.log_temperature.grad.abs() > 0
+    proxy_param = torch.nn.Parameter(proxies)
+    assert [g["params"] for g in nca.param_groups(proxy_param, 0.04)] == [[proxy_param], [nca.log_temperature]]
+    assert [g["params"] for g in fixed.param_groups(proxy_param, 0.04)] == [[proxy_param]]
+    scaled = NormSoftmaxLoss(8.0, learn_scale=True)
+    scaled(embeddings, UNEQUAL_LABELS, proxies).backward()
+    assert scaled.log_scale.grad.abs() > 0 and scaled.scale == pytest.approx(8.0)

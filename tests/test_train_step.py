@@ -62,8 +62,7 @@ def one_iteration(cfg: Config, model, criterion, fused: bool, **flags):
         g_step=cfg.g_step,
     )
     images, labels = batch()
-    if hasattr(criterion, "mix_source"):
-        criterion.mix_source.set_epoch(3)
+    criterion.set_epoch(3)
     torch.manual_seed(5)  # dropout of the class predictor
     model.train()
     return train_step(ctx, images, labels, fused=fused, **flags)

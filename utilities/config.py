@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from criteria.registry import LOSS_NAMES, check_loss_config, loss_help
 from utilities.errors import UserError
 
 
@@ -95,7 +96,7 @@ class Config:
     frozen_bn: bool = _key(True, "freeze backbone BatchNorm statistics (affine parameters still train)")
 
     # --- base proxy loss -----------------------------------------------------------------------------
-    loss: str = _key("proxy_anchor", "base proxy loss", ("proxy_anchor", "softplus_proxy", "proxy_nca", "proxy_nca_pp"))
+    loss: str = _key("proxy_anchor", loss_help(), LOSS_NAMES)
     dada: bool = _key(True, "wrap the base loss with the DADA criterion (false: plain baseline)")
     pos_alpha: float = _key(32.0, "Proxy-Anchor positive scale alpha+")
     neg_alpha: float = _key(32.0, "Proxy-Anchor negative scale alpha-")
@@ -105,6 +106,18 @@ class Config:
         "sample", "Proxy-Anchor positive term: per sample row (reference) or per proxy (paper)", ("sample", "proxy")
     )
     nca_temperature: float = _key(1.0 / 9.0, "ProxyNCA++ softmax temperature")
+    nca_learn_temperature: bool = _key(
+        False, "ProxyNCA++: learn the temperature (as log T, at proxy_lr), starting at nca_temperature"
+    )
+    softtriple_centers: int = _key(10, "SoftTriple: centres per class K")
+    softtriple_la: float = _key(20.0, "SoftTriple: scale lambda of the class logits")
+    softtriple_gamma: float = _key(0.1, "SoftTriple: temperature gamma of the soft maximum over a class's centres")
+    softtriple_tau: float = _key(0.2, "SoftTriple: weight tau of the regulariser merging a class's centres")
+    softtriple_margin: float = _key(0.01, "SoftTriple: margin delta on the true class")
+    softtriple_lr: float = _key(0.01, "SoftTriple: learning rate of the centres (instead of proxy_lr)")
+    normsoftmax_scale: float = _key(20.0, "Normalized-Softmax: scale of the cosine logits (1 / temperature)")
+    normsoftmax_learn_scale: bool = _key(False, "Normalized-Softmax: learn the scale (as log scale, at proxy_lr)")
+    normsoftmax_margin: float = _key(0.0, "Normalized-Softmax: additive cosine margin on the true class (CosFace)")
     proxy_init_std: float = _key(0.125, "proxies start as N(0, std^2)")
     proxy_lr: float = _key(0.04, "learning rate of the proxies")
 
@@ -289,6 +302,7 @@ def validate(cfg: Config) -> Config:
         0.0 < cfg.lr_linear_start <= 1.0 and 0.0 <= cfg.lr_linear_end <= 1.0 and cfg.lr_linear_length >= 1
     ):
         raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
+    check_loss_config(cfg)  # the values of the keys the base loss reads, and dada with several centres per class
     if cfg.dataset == "synthetic" and cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
     _check_query_gallery_metrics(cfg)

@@ -1,0 +1,89 @@
+"""The one list of base losses: ``LOSSES`` maps a ``loss`` name to its ``LossEntry``.
+
+The configuration schema takes its ``loss`` choices and help from here, ``build_criterion`` builds from
+here, and the tests run every contract over every entry. Adding a loss is one module and one line::
+
+    # criteria/my_loss.py
+    class MyLoss(ProxyLoss):
+        def forward(self, embeddings, labels, proxies): ...
+
+    ENTRY = LossEntry(name="my_loss", loss_class=MyLoss, build=lambda cfg: MyLoss(cfg.my_scale),
+                      keys=(LossKey("my_scale", 16.0, "MyLoss: logit scale"),),
+                      one_proxy_per_class=True, doc="MyLoss (Author et al. 2025)")
+
+    # here, in _ENTRIES:
+    my_loss.ENTRY,
+
+plus the key's line in the schema (``utilities.config``: ``my_scale: float = _key(16.0, "...")``), which
+``tests/test_loss_registry.py`` checks against the entry (docs/extending.md walks through it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from criteria import norm_softmax, proxy_losses, softtriple
+from criteria.base import LossEntry, LossKey, ProxyLoss
+from utilities.errors import UserError
+
+_ENTRIES: tuple[LossEntry, ...] = (
+    proxy_losses.PROXY_ANCHOR,
+    proxy_losses.SOFTPLUS_PROXY,
+    proxy_losses.PROXY_NCA,
+    proxy_losses.PROXY_NCA_PP,
+    softtriple.ENTRY,
+    norm_softmax.ENTRY,
+)
+
+LOSSES: dict[str, LossEntry] = {entry.name: entry for entry in _ENTRIES}
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+PROXY_LOSSES: dict[str, type[ProxyLoss]] = {name: entry.loss_class for name, entry in LOSSES.items()}
+
+
+def _collect_keys() -> dict[str, LossKey]:
+    """Every key some loss reads; a key shared by two losses must be declared identically."""
+    keys: dict[str, LossKey] = {}
+    for entry in _ENTRIES:
+        for key in entry.keys:
+            if keys.setdefault(key.name, key) != key:
+                raise RuntimeError(f"losses declare the configuration key {key.name!r} differently")
+    return keys
+
+
+LOSS_KEYS: dict[str, LossKey] = _collect_keys()
+assert len(LOSSES) == len(_ENTRIES), "two losses with the same name"
+
+
+def loss_help() -> str:
+    """The ``loss`` key's help line: every loss name with its one-line description."""
+    return "base proxy loss: " + "; ".join(f"{entry.name} ({entry.doc})" for entry in _ENTRIES)
+
+
+def check_loss_config(cfg: Any) -> None:
+    """``UserError`` (one line) for an unknown ``loss``, impossible values of its keys, or ``dada`` with a
+    loss of several proxies per class (DADA's proxy domain and class predictor need one proxy per class)."""
+    entry = _checked_entry(cfg)
+    if cfg.dada and not entry.one_proxy_per_class:
+        raise UserError(
+            f"key 'dada': loss {entry.name} has several centres per class, but DADA's domains need one proxy "
+            "per class; set dada: false"
+        )
+
+
+def _checked_entry(cfg: Any) -> LossEntry:
+    """The entry of ``cfg.loss``, after checking the values of the keys it reads."""
+    entry = LOSSES.get(cfg.loss)
+    if entry is None:
+        raise UserError(f"loss: unknown value {cfg.loss!r}; expected one of {', '.join(sorted(LOSSES))}")
+    for key in entry.keys:
+        value = getattr(cfg, key.name)
+        if key.choices and value not in key.choices:
+            raise UserError(f"{key.name}: unknown value {value!r}; expected one of {', '.join(sorted(key.choices))}")
+    if entry.check is not None:
+        entry.check(cfg)
+    return entry
+
+
+def build_base_loss(cfg: Any) -> ProxyLoss:
+    """The base loss named by ``cfg.loss``, after checking the values of the keys it reads."""
+    return _checked_entry(cfg).build(cfg)
