@@ -15,7 +15,8 @@ from criteria.base import group
 from criteria.registry import LOSS_KEYS, LOSS_NAMES, LOSSES
 from engine.optim import build_optimizers, check_group_coverage
 from tests.test_train_step import build, one_iteration, tiny_config
-from utilities.config import FIELDS, Config, build_parser
+from utilities.command_line import build_parser
+from utilities.config import FIELDS, Config
 from utilities.errors import EXIT_USER_ERROR, UserError
 
 SCHEMA_TYPES = typing.get_type_hints(Config)
