@@ -14,8 +14,8 @@ here, and the tests run every contract over every entry. Adding a loss is one mo
     # here, in _ENTRIES:
     my_loss.ENTRY,
 
-plus the key's line in the schema (``utilities.config``: ``my_scale: float = _key(16.0, "...")``), which
-``tests/test_loss_registry.py`` checks against the entry (docs/extending.md walks through it).
+The entry's keys join the configuration schema (``utilities.config`` adds every ``LOSS_KEYS`` key with its
+default, help and choices); docs/extending.md walks through an example.
 """
 
 from __future__ import annotations

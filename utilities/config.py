@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from criteria.registry import LOSS_NAMES, check_loss_config, loss_help
+from criteria.registry import LOSS_KEYS, LOSS_NAMES, check_loss_config, loss_help
 from utilities.errors import UserError
 
 
@@ -43,7 +43,7 @@ def _key(default: Any, help: str, choices: Sequence[Any] | Callable[[], Sequence
 
 
 @dataclass
-class Config:
+class _CoreConfig:
     """Every setting of a run. Defaults are the reference implementation's `parameters.py` defaults."""
 
     # --- run -----------------------------------------------------------------------------------------
@@ -98,26 +98,8 @@ class Config:
     # --- base proxy loss -----------------------------------------------------------------------------
     loss: str = _key("proxy_anchor", loss_help(), LOSS_NAMES)
     dada: bool = _key(True, "wrap the base loss with the DADA criterion (false: plain baseline)")
-    pos_alpha: float = _key(32.0, "Proxy-Anchor positive scale alpha+")
-    neg_alpha: float = _key(32.0, "Proxy-Anchor negative scale alpha-")
-    pos_delta: float = _key(0.1, "Proxy-Anchor positive margin delta+")
-    neg_delta: float = _key(-0.1, "Proxy-Anchor negative margin delta-")
-    pa_positive_mean: str = _key(
-        "sample", "Proxy-Anchor positive term: per sample row (reference) or per proxy (paper)", ("sample", "proxy")
-    )
-    nca_temperature: float = _key(1.0 / 9.0, "ProxyNCA++ softmax temperature")
-    nca_learn_temperature: bool = _key(
-        False, "ProxyNCA++: learn the temperature (as log T, at proxy_lr), starting at nca_temperature"
-    )
-    softtriple_centers: int = _key(10, "SoftTriple: centres per class K")
-    softtriple_la: float = _key(20.0, "SoftTriple: scale lambda of the class logits")
-    softtriple_gamma: float = _key(0.1, "SoftTriple: temperature gamma of the soft maximum over a class's centres")
-    softtriple_tau: float = _key(0.2, "SoftTriple: weight tau of the regulariser merging a class's centres")
-    softtriple_margin: float = _key(0.01, "SoftTriple: margin delta on the true class")
-    softtriple_lr: float = _key(0.01, "SoftTriple: learning rate of the centres (instead of proxy_lr)")
-    normsoftmax_scale: float = _key(20.0, "Normalized-Softmax: scale of the cosine logits (1 / temperature)")
-    normsoftmax_learn_scale: bool = _key(False, "Normalized-Softmax: learn the scale (as log scale, at proxy_lr)")
-    normsoftmax_margin: float = _key(0.0, "Normalized-Softmax: additive cosine margin on the true class (CosFace)")
+    # the keys each base loss reads are declared once, in its registry entry (criteria/registry.py), and
+    # join the schema below
     proxy_init_std: float = _key(0.125, "proxies start as N(0, std^2)")
     proxy_lr: float = _key(0.04, "learning rate of the proxies")
 
@@ -173,6 +155,22 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+def _with_loss_keys(core: type) -> type:
+    """The schema: the core keys plus every key a registered loss reads (`criteria.registry.LOSS_KEYS`, each
+    declared once, with its default, help and choices, in the loss's registry entry)."""
+    declared = {f.name for f in dataclasses.fields(core)}
+    extra = [
+        (key.name, type(key.default), _key(key.default, key.help, key.choices))
+        for key in LOSS_KEYS.values()
+        if key.name not in declared
+    ]
+    schema = dataclasses.make_dataclass("Config", extra, bases=(core,))
+    schema.__module__, schema.__doc__ = __name__, core.__doc__
+    return schema
+
+
+Config = _with_loss_keys(_CoreConfig)
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
