@@ -120,7 +120,7 @@ class Sizes:
                 "--class_hidden2",
                 "8",
             ],  # fmt: skip
-            test_paths=["tests/test_gpu.py"],
+            test_paths=["tests/engine/test_gpu.py"],
         )
 
 
@@ -189,7 +189,7 @@ def blocked(part: str, missing: set[str]) -> str | None:
 def gpu_test_files() -> list[str]:
     """Test files that hold `gpu`-marked tests (collecting only these keeps unrelated optional imports, e.g.
     pytorch-metric-learning, from failing the run on a bare GPU machine)."""
-    files = sorted((REPO_ROOT / "tests").glob("test_*.py"))
+    files = sorted((REPO_ROOT / "tests").rglob("test_*.py"))
     return [str(path.relative_to(REPO_ROOT)) for path in files if "pytest.mark.gpu" in path.read_text()]
 
 

@@ -16,7 +16,7 @@ import torch
 import engine.trainer
 import main as main_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_args(tmp: Path, name: str, epochs: int = 4) -> list[str]:

@@ -7,18 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from paper_settings import PAPER_SETTINGS, SHARED, parse
 
-from utilities.command_line import parse_command_line
-from utilities.config import FIELDS, Config, config_from_dict, read_yaml
+from utilities.config import FIELDS, config_from_dict, read_yaml
 from utilities.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-
-
-def parse(*argv: str) -> Config:
-    cfg, _ = parse_command_line(list(argv), "test")
-    return cfg
 
 
 def test_every_key_has_a_help_line_and_a_valid_default():
@@ -50,7 +45,7 @@ def test_list_values_on_the_command_line():
     [
         ({"batch_sise": 4}, "unknown key 'batch_sise' in the configuration; did you mean 'batch_size'?"),
         # the core reads this project's keys only; the reference's names are translated at the command line
-        # (tests/test_reference_configs.py checks its YAML files and flags, mix_extension's refusal included)
+        # (tests/compat/test_reference_configs.py checks its YAML files and flags, mix_extension's refusal included)
         ({"mix_extension": True}, "unknown key 'mix_extension' in the configuration"),
         ({"batch_size": "many"}, "key 'batch_size' expects int"),
         ({"batch_size": 1.5}, "key 'batch_size' expects int"),
@@ -91,142 +86,6 @@ def test_bad_yaml_files(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         read_yaml(listed)
-
-
-# The reference implementation's four settings (docs/reference.md §5.2), in this project's key names.
-PAPER_SETTINGS = {
-    "cub200": dict(
-        epochs=60,
-        batch_size=90,
-        lr=0.00012,
-        weight_decay=0.0001,
-        disc_decay=0.0004,
-        scheduler="step",
-        lr_step=4,
-        lr_gamma=0.45,
-        warmup=1,
-        d_warmup=1,
-        augmentation="base",
-        pos_class_mix=True,
-        domain_out_bn=True,
-        class_out_bn=True,
-        domain_hidden=512,
-        class_hidden1=512,
-        class_hidden2=128,
-        class_ratio=0.005,
-        proxy_loss_weight=0.0075,
-        pos_alpha=40,
-        neg_alpha=100,
-        mix_alpha=3,
-        mix_beta=0.5,
-        frozen_bn=True,
-    ),
-    "cars196": dict(
-        epochs=60,
-        batch_size=90,
-        lr=0.00012,
-        weight_decay=0.0001,
-        disc_decay=0.0001,
-        scheduler="step",
-        lr_step=10,
-        lr_gamma=0.5,
-        warmup=5,
-        d_warmup=1,
-        augmentation="auto",
-        pos_class_mix=False,
-        domain_out_bn=True,
-        class_out_bn=False,
-        domain_hidden=512,
-        class_hidden1=512,
-        class_hidden2=128,
-        class_ratio=0.01,
-        proxy_loss_weight=0.0075,
-        pos_alpha=32,
-        neg_alpha=32,
-        mix_alpha=2,
-        mix_beta=1,
-        frozen_bn=True,
-    ),
-    "online_products": dict(
-        epochs=200,
-        batch_size=180,
-        lr=0.00012,
-        weight_decay=0.00005,
-        disc_decay=0.0001,
-        scheduler="multi",
-        lr_milestones=[20, 45, 70],
-        lr_gamma=0.1,
-        warmup=1,
-        d_warmup=1,
-        augmentation="base",
-        pos_class_mix=True,
-        domain_out_bn=True,
-        class_out_bn=False,
-        domain_hidden=128,
-        class_hidden1=1024,
-        class_hidden2=8192,
-        class_ratio=0.05,
-        proxy_loss_weight=0.03,
-        pos_alpha=100,
-        neg_alpha=200,
-        mix_alpha=2,
-        mix_beta=5,
-        frozen_bn=False,
-    ),
-    "inshop": dict(
-        epochs=200,
-        batch_size=180,
-        lr=0.00012,
-        weight_decay=0.0001,
-        disc_decay=0.00005,
-        scheduler="step",
-        lr_step=40,
-        lr_gamma=0.25,
-        warmup=5,
-        d_warmup=1,
-        augmentation="base",
-        pos_class_mix=True,
-        domain_out_bn=True,
-        class_out_bn=True,
-        domain_hidden=512,
-        class_hidden1=512,
-        class_hidden2=4096,
-        class_ratio=0.01,
-        proxy_loss_weight=0.0075,
-        pos_alpha=40,
-        neg_alpha=200,
-        mix_alpha=3,
-        mix_beta=3,
-        frozen_bn=False,
-    ),
-}
-SHARED = dict(
-    arch="resnet50.tv_in1k",
-    embed_dim=512,
-    samples_per_class=2,
-    data_sampler="class_random",
-    loss="proxy_anchor",
-    dada=True,
-    proxy_lr=0.04,
-    disc_lr=0.0005,
-    adv_weight=1.0,
-    discrepancy_weight=0.5,
-    discrepancy="nwd",
-    d_step=3,
-    g_step=1,
-    normalize_features=True,
-    mix_mode="random",
-    shift_scale=1.0,
-    dropout=0.5,
-    activation="relu",
-    pos_delta=0.1,
-    neg_delta=-0.1,
-    proxy_init_std=0.125,
-    seed=0,
-    pooling="avgmax",
-    embed_norm="layernorm",
-    optim="adam",
-)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))

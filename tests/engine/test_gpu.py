@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_train_step import tiny_config as cpu_tiny_config
+from step_helpers import tiny_config as cpu_tiny_config
 
 from architectures import build_model
 from criteria import build_criterion

@@ -8,13 +8,13 @@ import typing
 
 import pytest
 import torch
+from step_helpers import build, one_iteration, tiny_config
 
 import main
 from criteria import AdversarialCriterion, Criterion, ProxyLoss, build_criterion
 from criteria.base import group
 from criteria.registry import LOSS_KEYS, LOSS_NAMES, LOSSES
 from engine.optim import build_optimizers, check_group_coverage
-from tests.test_train_step import build, one_iteration, tiny_config
 from utilities.command_line import build_parser
 from utilities.config import FIELDS, Config
 from utilities.errors import EXIT_USER_ERROR, UserError

@@ -25,7 +25,7 @@ from engine.grids import worst_queries
 from engine.inference import load_model
 from engine.search_index import sidecar_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from metrics import compute_metrics
 from utilities.config import config_from_dict
 from utilities.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EMBED_DIM = 64
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_config import PAPER_SETTINGS, SHARED, parse
+from paper_settings import PAPER_SETTINGS, SHARED, parse
 from test_reference_checkpoint import write_cub
 
 from compat.options import REFERENCE_OPTIONS, markdown_table, translate_arch
@@ -17,7 +17,7 @@ from engine.optim import build_schedulers
 from utilities.config import Config
 from utilities.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The reference's configs/*.yaml as published (cub200.yaml sets n_epochs twice; YAML keeps the last).
 REFERENCE_YAML = {
