@@ -153,9 +153,9 @@ def test_run_killed_at_an_epoch_boundary_resumes_exactly_with_loader_workers(tmp
     folder = tmp_path / "runs" / "synthetic" / "killed"
     process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args("killed")], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a liveness bound only: loaded CI machines are slow
     while not (folder / "checkpoints" / "last.pt").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
