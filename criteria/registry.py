@@ -59,6 +59,21 @@ def loss_help() -> str:
     return "base proxy loss: " + "; ".join(f"{entry.name} ({entry.doc})" for entry in _ENTRIES)
 
 
+def loss_table() -> str:
+    """The README's table of base losses (``tests/test_readme.py`` checks the README holds it)."""
+    lines = ["| `loss` | what it is | its keys (default) | with `dada: true` |", "|---|---|---|---|"]
+    for entry in _ENTRIES:
+        keys = ", ".join(
+            f"`{key.name}` ({key.default:.4g})"
+            if isinstance(key.default, float) and not isinstance(key.default, bool)
+            else f"`{key.name}` ({key.default})"
+            for key in entry.keys
+        )
+        dada = "yes" if entry.one_proxy_per_class else "no (several centres per class)"
+        lines.append(f"| `{entry.name}` | {entry.doc} | {keys or '—'} | {dada} |")
+    return "\n".join(lines)
+
+
 def check_loss_config(cfg: Any) -> None:
     """``UserError`` (one line) for an unknown ``loss``, impossible values of its keys, or ``dada`` with a
     loss of several proxies per class (DADA's proxy domain and class predictor need one proxy per class)."""
