@@ -9,6 +9,7 @@ then LayerNorm without affine parameters (the reference), L2 normalisation, or n
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +17,22 @@ from torch import nn
 
 from datasets.transforms import Normalization
 
+POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "avg": lambda features: features.mean(dim=(2, 3)),
+    "max": lambda features: features.amax(dim=(2, 3)),
+    "avgmax": lambda features: features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)),
+}
+"""Global poolings of a B×C×H×W map to B×C (`avgmax`: their sum, the reference's `double`)."""
+
+EMBED_NORMS = ("layernorm", "l2", "none")
+"""Normalisations after the embedding Linear layer: LayerNorm without affine (the reference's), L2, none."""
+
 
 def pool_feature_map(features: torch.Tensor, pooling: str) -> torch.Tensor:
     """Global pooling of a B×C×H×W map to B×C: `avg`, `max`, or `avgmax` (their sum)."""
-    if pooling == "avg":
-        return features.mean(dim=(2, 3))
-    if pooling == "max":
-        return features.amax(dim=(2, 3))
-    if pooling == "avgmax":
-        return features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
-    raise ValueError(f"unknown pooling '{pooling}'")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling '{pooling}'")
+    return POOLINGS[pooling](features)
 
 
 class EmbeddingModel(nn.Module):
@@ -50,7 +57,7 @@ class EmbeddingModel(nn.Module):
         token_pool: bool = False,
     ) -> None:
         super().__init__()
-        if embed_norm not in ("layernorm", "l2", "none"):
+        if embed_norm not in EMBED_NORMS:
             raise ValueError(f"unknown embed_norm '{embed_norm}'")
         self.trunk = trunk
         self.head = nn.Linear(num_features, embed_dim)

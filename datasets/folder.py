@@ -10,7 +10,7 @@ Accepted layouts, recognised by the sub-folders of `DIR`:
    `1 - test_classes` fraction of them (rounded down) train, the rest test; at least one class each side.
 
 A class folder holds images at any depth (`DIR/train/cat/2024/a.png` belongs to class `cat`). An image is a
-file whose suffix, in any case, is one of `IMAGE_SUFFIXES`; other files are ignored, and so are hidden files
+file whose suffix, in any case, is one of `IMAGE_EXTENSIONS`; other files are ignored, and so are hidden files
 and folders (names starting with '.', among them the macOS `._` forks) and `__MACOSX` folders. Images are
 sorted by their path inside the class folder. Labels are 0..K-1 in sorted class-name order per split; query
 and gallery share one indexing.
@@ -23,13 +23,8 @@ import os
 from pathlib import Path
 
 from datasets.base import SplitFiles, relabel
+from datasets.layout import IMAGE_EXTENSIONS
 from utilities.errors import UserError
-
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".pcx", ".sgi",
-)  # fmt: skip
-"""File suffixes (compared in lower case) read as images: formats Pillow decodes without extra plugins."""
 
 SPLIT_LAYOUTS = {
     frozenset({"train", "test"}): ("train", "test"),
@@ -49,7 +44,7 @@ def is_skipped(name: str) -> bool:
 
 def is_image(name: str) -> bool:
     """A visible file name with an image suffix, in any case."""
-    return not is_skipped(name) and name.lower().endswith(IMAGE_SUFFIXES)
+    return not is_skipped(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def visible_entries(folder: Path) -> tuple[list[str], list[str]]:
@@ -88,7 +83,7 @@ def read_classes(split_dir: Path) -> dict[str, list[str]]:
     classes = {name: class_images(split_dir / name) for name in folders}
     for name, paths in classes.items():
         if not paths:
-            suffixes = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
+            suffixes = ", ".join(suffix[1:] for suffix in IMAGE_EXTENSIONS)
             raise UserError(f"folder: class folder {split_dir / name} holds no images ({suffixes})")
     return classes
 

@@ -11,7 +11,11 @@ from pathlib import Path
 
 from utilities.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".pcx", ".sgi",
+)  # fmt: skip
+"""File suffixes (compared in lower case) read as images: formats Pillow decodes without extra plugins."""
 
 
 def is_hidden_fork(name: str) -> bool:

@@ -1,6 +1,6 @@
 """Image sets given on the command line: one image, a folder of images, or a CSV manifest.
 
-* A folder is searched recursively for images (the suffixes of `datasets.folder.IMAGE_SUFFIXES`, any case;
+* A folder is searched recursively for images (the suffixes of `datasets.layout.IMAGE_EXTENSIONS`, any case;
   hidden files and folders skipped), in sorted path order. When every image sits inside a first-level
   subfolder, that subfolder's name is its label; otherwise the labels are unknown.
 * A CSV follows the open-metric-learning manifest convention: a `path` column (relative paths are relative

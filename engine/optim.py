@@ -10,7 +10,7 @@ once per epoch, only after the warm-up epochs, so the schedule starts counting a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -51,16 +51,21 @@ def build_optimizers(cfg: Any, model: nn.Module, criterion: Criterion) -> dict[s
     return optimizers
 
 
+SCHEDULES: dict[str, Callable[[Any, torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]] = {
+    "step": lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma),
+    "multi": lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma
+    ),
+    "linear": lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
+        opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+    ),
+    "none": lambda cfg, opt: None,
+}
+"""The `scheduler` values: one schedule definition, applied to every optimizer (`none`: constant rates)."""
+
+
 def _schedule(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    if cfg.scheduler == "multi":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
-    if cfg.scheduler == "linear":
-        return torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
-        )
-    return None
+    return SCHEDULES[cfg.scheduler](cfg, optimizer)
 
 
 def build_schedulers(cfg: Any, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from torch import nn
 
 from utilities.distributed import DistInfo, gather_batch
 
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The `precision` values: the autocast dtype of the forward passes (None: plain float32)."""
+
 
 @dataclass(kw_only=True)
 class StepContext:
@@ -35,9 +38,9 @@ class StepContext:
     dist: DistInfo = field(default_factory=DistInfo)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 

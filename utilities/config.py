@@ -61,7 +61,9 @@ class _CoreConfig:
     device: str = _key("auto", "where to train: auto (CUDA when available), cuda or cpu", ("auto", "cuda", "cpu"))
     gpu: list[int] = _key([0], "CUDA device index (single-process runs; torchrun sets it per rank)")
     kernels: int = _key(4, "data-loader worker processes (and faiss threads)")
-    precision: str = _key("fp32", "fp32, or autocast in bf16 / fp16 (loss math stays fp32)", ("fp32", "bf16", "fp16"))
+    precision: str = _key(
+        "fp32", "fp32, or autocast in bf16 / fp16 (loss math stays fp32)", _registry("engine.step", "PRECISIONS")
+    )
     channels_last: bool = _key(True, "channels_last memory format for CNN backbones on CUDA")
     compile: bool = _key(False, "torch.compile the backbone (CUDA)")
     tensorboard: bool = _key(False, "also write TensorBoard scalars to <run>/tensorboard")
@@ -73,7 +75,9 @@ class _CoreConfig:
 
     # --- data ----------------------------------------------------------------------------------------
     augmentation: str = _key("base", "training augmentation", _registry("datasets.transforms", "AUGMENTATIONS"))
-    image_decoder: str = _key("torchvision", "image decoding: uint8 tensors (faster) or PIL", ("torchvision", "pil"))
+    image_decoder: str = _key(
+        "torchvision", "image decoding: uint8 tensors (faster) or PIL", _registry("datasets.transforms", "DECODERS")
+    )
     resolution: int = _key(224, "crop size of training and evaluation images")
     batch_size: int = _key(90, "images per (global) training batch")
     samples_per_class: int = _key(2, "images per class draw in a batch")
@@ -90,9 +94,9 @@ class _CoreConfig:
     arch: str = _key("resnet50.tv_in1k", "backbone: any timm model name, or bninception")
     pretrained: bool = _key(True, "start from ImageNet weights (timm hub cache, or pretrained_path)")
     pretrained_path: str = _key("", "local weights file for the backbone (no download)")
-    pooling: str = _key("avgmax", "pooling of CNN feature maps", ("avg", "max", "avgmax"))
+    pooling: str = _key("avgmax", "pooling of CNN feature maps", _registry("architectures.embedding", "POOLINGS"))
     embed_dim: int = _key(512, "embedding dimension")
-    embed_norm: str = _key("layernorm", "embedding normalisation", ("layernorm", "l2", "none"))
+    embed_norm: str = _key("layernorm", "embedding normalisation", _registry("architectures.embedding", "EMBED_NORMS"))
     frozen_bn: bool = _key(True, "freeze backbone BatchNorm statistics (affine parameters still train)")
 
     # --- base proxy loss -----------------------------------------------------------------------------
@@ -108,9 +112,11 @@ class _CoreConfig:
     adv_weight: float = _key(1.0, "gamma: weight of the adversarial terms in the generator objective")
     class_ratio: float = _key(0.01, "rho: share of the class-discrepancy part (1 - rho: domain part)")
     discrepancy_weight: float = _key(0.5, "kappa: weight of the discrepancy inside the class part")
-    discrepancy: str = _key("nwd", "discrepancy between sample and mix predictions", ("nwd", "l1"))
+    discrepancy: str = _key(
+        "nwd", "discrepancy between sample and mix predictions", _registry("criteria.discriminators", "DISCREPANCIES")
+    )
     normalize_features: bool = _key(True, "L2-normalise the discriminators' inputs (samples, mixes, proxies)")
-    mix_mode: str = _key("random", "sample-proxy mixup", ("random", "individual", "linear"))
+    mix_mode: str = _key("random", "sample-proxy mixup", _registry("criteria.mixing", "MIX_MODES"))
     shift_scale: float = _key(1.0, "shift scale s of the random mixup, -1 < s <= 1")
     mix_alpha: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: a")
     mix_beta: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: b")
@@ -121,7 +127,9 @@ class _CoreConfig:
     class_hidden2: int = _key(128, "second hidden width of the class discrepancy predictor")
     class_out_bn: bool = _key(False, "BatchNorm on the class predictor's output")
     dropout: float = _key(0.5, "dropout of the class predictor")
-    activation: str = _key("relu", "activation of the discriminators", ("relu", "leaky_relu"))
+    activation: str = _key(
+        "relu", "activation of the discriminators", _registry("criteria.discriminators", "ACTIVATIONS")
+    )
     disc_lr: float = _key(5e-4, "learning rate of the discriminators (and of the learnable mix weights)")
     disc_decay: float = _key(1e-4, "weight decay of the discriminators")
     d_step: int = _key(3, "discriminator updates per batch")
@@ -129,10 +137,16 @@ class _CoreConfig:
 
     # --- optimisation --------------------------------------------------------------------------------
     epochs: int = _key(50, "training epochs")
-    optim: str = _key("adam", "backbone optimizer (proxies and discriminators always use Adam)", ("adam", "adamw"))
+    optim: str = _key(
+        "adam",
+        "backbone optimizer (proxies and discriminators always use Adam)",
+        _registry("engine.optim", "OPTIMIZERS"),
+    )
     lr: float = _key(1e-4, "backbone and embedding-head learning rate")
     weight_decay: float = _key(4e-4, "backbone weight decay (coupled L2 for adam, decoupled for adamw)")
-    scheduler: str = _key("step", "learning-rate schedule of all three optimizers", ("step", "multi", "linear", "none"))
+    scheduler: str = _key(
+        "step", "learning-rate schedule of all three optimizers", _registry("engine.optim", "SCHEDULES")
+    )
     lr_step: int = _key(5, "step schedule: epochs between decays")
     lr_gamma: float = _key(0.5, "step / multi schedule: decay factor")
     lr_milestones: list[int] = _key([20, 45, 70], "multi schedule: epochs (counted after warm-up) of decay")
@@ -148,7 +162,7 @@ class _CoreConfig:
         "metrics computed at evaluation (In-Shop default: recall@1/10/20/30/40/50, map@r)",
     )
     eval_every: int = _key(1, "evaluate every this many epochs (and after the last)")
-    eval_backend: str = _key("auto", "nearest-neighbour backend", ("auto", "faiss", "torch"))
+    eval_backend: str = _key("auto", "nearest-neighbour backend", _registry("metrics.compute", "BACKENDS"))
     eval_normalize: bool = _key(True, "L2-normalise the evaluation embeddings (cosine retrieval)")
     best_metric: str = _key("recall@1", "metric that selects checkpoints/best.pt")
 
