@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from metrics.names import QUERY_GALLERY_METRICS
-from utilities.errors import EXIT_USER_ERROR, UserError, one_line
+from utilities.errors import ArgumentParser, UserError, report_user_error
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 SINGLE_SET_KEYS = ("embeddings", "labels")
@@ -32,13 +32,8 @@ WORST_QUERIES = "worst_queries.png"
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse errors are user errors: one line, exit 2
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="eval.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--embeddings", help="npz file of stored embeddings and labels")
     source.add_argument("--checkpoint", "--test_path", dest="checkpoint", help="checkpoint of a training run")
@@ -190,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(values, indent=1) + "\n")
     except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(error)
     return 0
 
 

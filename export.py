@@ -26,20 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utilities.errors import EXIT_USER_ERROR, UserError, one_line
+from utilities.errors import ArgumentParser, UserError, report_user_error
 
 FORMATS = ("onnx", "torchscript")
 EXTRA_FILE = "preprocessing.json"
 OPSET = 18
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse errors are user errors: one line, exit 2
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="export.py",
         description="Export the embedding network of a checkpoint. Input: a float32 N x 3 x crop x crop batch, "
         "already preprocessed (resize, centre crop, mean/std normalisation, channel order: recorded in the "
@@ -149,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{spec.channel_order}), output N x {model.embed_dim} L2-normalised embeddings"
         )
     except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(error)
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from utilities.errors import EXIT_USER_ERROR, UserError, one_line
+from utilities.errors import UserError, report_user_error
 
 
 def dry_run(cfg, check_images: bool) -> int:
@@ -64,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(exc)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: the last completed epoch is saved in <run>/checkpoints/last.pt (use --resume)",

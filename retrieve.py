@@ -25,20 +25,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utilities.errors import EXIT_USER_ERROR, UserError, one_line
+from utilities.errors import ArgumentParser, UserError, report_user_error
 
 OUTPUT_COLUMNS = ("query", "query_label", "rank", "gallery", "gallery_label", "similarity")
 PRINTED_QUERIES = 20
 GRID_ROWS = 25
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse errors are user errors: one line, exit 2
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="retrieve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(
+        prog="retrieve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint of this project (.pt or run folder)")
     parser.add_argument("--gallery", help="folder of images or CSV manifest to build the index from")
     parser.add_argument("--index", help="faiss index file (written with --gallery/--add, read otherwise)")
@@ -216,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(build_parser().parse_args(argv))
     except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(error)
     return 0
 
 

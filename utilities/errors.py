@@ -1,4 +1,10 @@
-"""The one exception type that means "the user gave bad input" (exit code 2)."""
+"""The one exception type that means "the user gave bad input" (exit code 2), and how entry points report it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -18,3 +24,16 @@ def one_line(exc: BaseException) -> str:
     last = lines[-1]
     prefix = f"{UserError.__module__}.{UserError.__name__}: "
     return last[len(prefix) :] if last.startswith(prefix) else last
+
+
+def report_user_error(exc: BaseException) -> int:
+    """Print the error's one line on stderr, as every entry point does, and return the exit code 2."""
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown flag, a bad choice) are `UserError`s: one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
