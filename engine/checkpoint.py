@@ -8,14 +8,13 @@ a temporary name in the same folder and then renamed over the old one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utilities.errors import UserError
+from utilities.files import atomic_write
 
 FORMAT = "dada-dml-checkpoint"
 VERSION = 1
@@ -23,18 +22,8 @@ VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Atomically write `state` (tagged with the format) to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def resolve_checkpoint_path(path: str | Path, name: str = "last.pt") -> Path:

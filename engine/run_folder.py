@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from utilities.files import atomic_write
 
 
 def new_run_folder(save_path: str, dataset: str, save_name: str) -> Path:
@@ -35,24 +36,21 @@ def new_run_folder(save_path: str, dataset: str, save_name: str) -> Path:
             candidate = parent / f"{name}_{suffix}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
     """Rewrite the whole CSV from the history (so a resumed run never keeps rows of a lost epoch)."""
     columns: list[str] = []
     for row in history:
         columns.extend(key for key in row if key not in columns)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(path, write)
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:
-    _atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from utilities.errors import UserError
+from utilities.files import atomic_write
 
 FORMAT = "dada-dml-index"
 VERSION = 1
@@ -35,21 +33,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the index is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_identity(model: Any) -> dict[str, Any]:
@@ -161,5 +144,5 @@ class SearchIndex:
 
         path = Path(path)
         meta = {"format": FORMAT, "version": VERSION, "model": self.model, "paths": self.paths, "labels": self.labels}
-        _atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
-        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=0) + "\n"))
+        atomic_write(path, lambda tmp: faiss.write_index(self.index, tmp))
+        atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=0) + "\n"))
