@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets.folder import is_image, is_skipped
+from datasets.folder import class_images, is_image
 from datasets.manifest import parse_flag
 from utilities.errors import UserError
 
@@ -37,11 +37,7 @@ class ImageSet:
 
 
 def _from_folder(folder: Path, option: str) -> ImageSet:
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if is_image(p.name) and not any(map(is_skipped, p.relative_to(folder).parts)) and p.is_file()
-    )
+    files = [Path(path) for path in class_images(folder)]  # recursive, hidden entries skipped, sorted
     if not files:
         raise UserError(f"{option}: no images (.jpg, .png, ...) found under {folder}")
     relative = [p.relative_to(folder).parts for p in files]
