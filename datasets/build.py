@@ -69,11 +69,6 @@ DATASETS: dict[str, DatasetSpec] = {
 """The dataset registry: `dataset` names and everything the rest of the code needs to know about each."""
 
 
-def dataset_names() -> tuple[str, ...]:
-    """The valid `dataset` values."""
-    return tuple(DATASETS)
-
-
 def has_query_gallery(dataset: str, source_path: str | Path) -> bool:
     """Whether `dataset` at `source_path` is evaluated query -> gallery (In-Shop; folder and csv data that
     define query and gallery splits). Unreadable data answers False: its loader reports the problem."""

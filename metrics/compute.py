@@ -201,9 +201,14 @@ def _scorer(spec: MetricSpec) -> Any:
     return getattr(retrieval, spec.function)
 
 
+@functools.cache
+def _parameters(spec: MetricSpec) -> frozenset[str]:
+    return frozenset(inspect.signature(_scorer(spec)).parameters)
+
+
 def _arguments(spec: MetricSpec, **available: Any) -> dict[str, Any]:
     """The subset of `available` that the metric's per-query function takes (``hits``, ``num_relevant``, ``k``)."""
-    parameters = inspect.signature(_scorer(spec)).parameters
+    parameters = _parameters(spec)
     return {name: value for name, value in available.items() if name in parameters}
 
 

@@ -24,8 +24,9 @@ from utilities.errors import UserError
 
 
 def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
-    """The names of a registry (`module.name`, a dict), read when a value is validated or `--help` is shown:
-    the registries import torch, which this module does not need for anything else."""
+    """The names of a registry (`module.name`, a dict or tuple), read when a value is validated or `--help` is
+    shown, so that importing the schema does not import every package (the datasets pull in torchvision). The
+    loss registry is the exception: its keys are part of the schema, so `criteria` is imported with it."""
 
     def names() -> tuple[str, ...]:
         return tuple(getattr(importlib.import_module(module), name))
