@@ -30,8 +30,9 @@ def group(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> P
 class ProxyLoss(nn.Module):
     """Base class of the registered losses: one proxy per class and no parameters of its own by default.
 
-    A loss with parameters of its own extends ``param_groups``; a loss with K > 1 proxies per class sets
-    ``proxies_per_class`` (row c·K + k of the proxy matrix is proxy k of class c).
+    A loss's own trainable parameters (a learnt temperature or scale) join the optimizer with the proxies by
+    default; a loss with K > 1 proxies per class sets ``proxies_per_class`` (row c·K + k of the proxy matrix is
+    proxy k of class c).
     """
 
     proxies_per_class: int = 1
@@ -39,9 +40,11 @@ class ProxyLoss(nn.Module):
     def param_groups(self, proxies: nn.Parameter, proxy_lr: float) -> list[ParamGroup]:
         """Groups of the proxies handed in and of this loss's own parameters (stepped with the proxies).
 
-        Default: the proxies at ``proxy_lr`` without weight decay, and nothing else.
+        Default: the proxies, then every trainable parameter of the loss, each group at ``proxy_lr`` without
+        weight decay. Override it to give them learning rates of their own (SoftTriple's centres).
         """
-        return [group([proxies], proxy_lr)]
+        own = [param for param in self.parameters() if param.requires_grad]
+        return [group([proxies], proxy_lr), *([group(own, proxy_lr)] if own else [])]
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the criterion at the start of every training epoch; nothing by default."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from criteria.base import LossEntry, LossKey, ParamGroup, ProxyLoss, group
+from criteria.base import LossEntry, LossKey, ProxyLoss
 from criteria.precision import float32_forward
 from utilities.errors import UserError
 
@@ -38,13 +38,6 @@ class NormSoftmaxLoss(ProxyLoss):
     def scale(self) -> float:
         """The current scale σ, as a Python float."""
         return self.fixed_scale if self.log_scale is None else float(self.log_scale.detach().exp())
-
-    def param_groups(self, proxies: nn.Parameter, proxy_lr: float) -> list[ParamGroup]:
-        """The proxies, then log σ (when learnt), both at ``proxy_lr`` without weight decay."""
-        groups = super().param_groups(proxies, proxy_lr)
-        if self.log_scale is not None:
-            groups.append(group([self.log_scale], proxy_lr))
-        return groups
 
     @float32_forward
     def forward(self, embeddings: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:

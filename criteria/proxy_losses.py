@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from criteria.base import LossEntry, LossKey, ParamGroup, ProxyLoss, group
+from criteria.base import LossEntry, LossKey, ProxyLoss
 from criteria.precision import float32_forward
 from utilities.errors import UserError
 
@@ -194,13 +194,6 @@ class ProxyNCAPlusPlusLoss(ProxyLoss):
         if self.log_temperature is None:
             return self.fixed_temperature
         return float(self.log_temperature.detach().exp())
-
-    def param_groups(self, proxies: nn.Parameter, proxy_lr: float) -> list[ParamGroup]:
-        """The proxies, then log T (when learnt), both at ``proxy_lr`` without weight decay."""
-        groups = super().param_groups(proxies, proxy_lr)
-        if self.log_temperature is not None:
-            groups.append(group([self.log_temperature], proxy_lr))
-        return groups
 
     @float32_forward
     def forward(self, embeddings: Tensor, labels: Tensor, proxies: Tensor) -> Tensor:

@@ -82,8 +82,8 @@ def test_every_trainable_parameter_is_in_exactly_one_optimizer_group(name, dada,
     assert len(set(grouped)) == len(grouped)
 
 
-class _HiddenParameterLoss(ProxyLoss):
-    """A loss that owns a parameter but forgets to declare it in ``param_groups``."""
+class _DeclaredByDefaultLoss(ProxyLoss):
+    """A loss with a parameter of its own and the default ``param_groups``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,6 +91,21 @@ class _HiddenParameterLoss(ProxyLoss):
 
     def forward(self, embeddings, labels, proxies):
         return self.scale * (embeddings @ proxies.T).mean()
+
+
+class _HiddenParameterLoss(_DeclaredByDefaultLoss):
+    """A loss that owns a parameter but overrides ``param_groups`` and leaves it out."""
+
+    def param_groups(self, proxies, proxy_lr):
+        return [group([proxies], proxy_lr)]
+
+
+def test_a_loss_parameter_joins_the_optimizer_by_default():
+    cfg = tiny_config(dada=False)
+    model, criterion = build(cfg)
+    criterion.base_loss = _DeclaredByDefaultLoss()
+    optimizers = build_optimizers(cfg, model, criterion)
+    assert any(p is criterion.base_loss.scale for g in optimizers["proxy"].param_groups for p in g["params"])
 
 
 def test_a_parameter_missing_from_the_groups_stops_the_optimizer_build():
