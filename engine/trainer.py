@@ -72,11 +72,6 @@ class Run:
     def adversarial(self) -> bool:
         return bool(getattr(self.criterion, "adversarial", False))
 
-    def d_warmup_epochs(self) -> int:
-        """Epochs in which only the discriminators train. Without DADA nothing trains in them, as in the
-        reference's baseline (`loss: oproxy`): a baseline and a DADA run then share their schedule."""
-        return self.cfg.d_warmup
-
 
 def _checkpoint_state(run: Run, full: bool) -> dict[str, Any]:
     state: dict[str, Any] = {
@@ -197,9 +192,11 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
     seed_everything(derive_seed(cfg.seed, epoch))
     run.criterion.set_epoch(epoch)
     batches.set_epoch(epoch)
-    warmup, d_warmup = epoch < cfg.warmup, epoch < run.d_warmup_epochs()
+    warmup, d_warmup = epoch < cfg.warmup, epoch < cfg.d_warmup
     if d_warmup and not run.adversarial:
-        return {"skipped_updates": 0}  # nothing to train: no discriminators, and the generator waits
+        # only the discriminators train in a d_warmup epoch: without DADA nothing does, as in the reference's
+        # baseline (`loss: oproxy`), so a baseline and a DADA run share their schedule
+        return {"skipped_updates": 0}
     ctx = StepContext(
         model=run.wrapped,
         criterion=run.criterion,
@@ -312,7 +309,7 @@ def _train(run: Run) -> dict[str, Any]:
     for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
         means = _train_epoch(run, loader, batches, epoch)
-        if schedule_steps_after(epoch, cfg.warmup, run.d_warmup_epochs()):
+        if schedule_steps_after(epoch, cfg.warmup, cfg.d_warmup):
             for scheduler in run.schedulers.values():
                 scheduler.step()
         row: dict[str, Any] = {"epoch": epoch, **means, **learning_rates(run.optimizers)}
