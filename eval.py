@@ -28,7 +28,6 @@ from utilities.errors import ArgumentParser, UserError, report_user_error
 
 DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 SINGLE_SET_KEYS = ("embeddings", "labels")
-WORST_QUERIES = "worst_queries.png"
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
 
@@ -120,13 +119,15 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
 
 def _show_path(args: argparse.Namespace) -> Path:
     """Where --show draws: beside --output, else in the run folder holding checkpoints/, else by the file."""
+    from engine.grids import WORST_QUERIES_FILE
+
     if args.output:
-        return Path(args.output).parent / WORST_QUERIES
+        return Path(args.output).parent / WORST_QUERIES_FILE
     from engine.checkpoint import resolve_checkpoint_path
 
     checkpoint = resolve_checkpoint_path(args.checkpoint).resolve()
     folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return folder / WORST_QUERIES
+    return folder / WORST_QUERIES_FILE
 
 
 def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | None) -> dict[str, float]:

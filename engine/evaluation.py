@@ -85,6 +85,14 @@ def evaluation_splits(splits: dict[str, Dataset], use_val: bool) -> tuple[str, .
     return ("test",)
 
 
+def own_gallery_rows(query_paths: Sequence[str], gallery_paths: Sequence[str]) -> np.ndarray | None:
+    """The gallery index of each query's own image (-1 where the gallery does not hold it); None when the
+    query and gallery share no image."""
+    position = {path: index for index, path in enumerate(gallery_paths)}
+    own = np.array([position.get(path, -1) for path in query_paths], dtype=np.int64)
+    return own if (own >= 0).any() else None
+
+
 def same_item_indices(splits: dict[str, Dataset]) -> np.ndarray | None:
     """For query -> gallery splits that share images (a CSV row that is both query and gallery): the gallery
     index of each query's own image, -1 where it has none; None when they share none."""
@@ -92,9 +100,7 @@ def same_item_indices(splits: dict[str, Dataset]) -> np.ndarray | None:
     gallery_paths = getattr(splits.get("gallery"), "paths", None)
     if query_paths is None or gallery_paths is None:
         return None
-    position = {path: index for index, path in enumerate(gallery_paths)}
-    own = np.array([position.get(path, -1) for path in query_paths], dtype=np.int64)
-    return own if (own >= 0).any() else None
+    return own_gallery_rows(query_paths, gallery_paths)
 
 
 def evaluate_embeddings(
@@ -263,8 +269,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     if request.show > 0 and request.show_path:
         from engine.grids import write_worst_queries
 
-        paths = {name: splits[name].paths for name in embedded}
-        written = write_worst_queries(embedded, paths, request.show_path, n=request.show)
+        written = write_worst_queries(embedded, splits, request.show_path, n=request.show)
         request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
     if request.search_on_cpu:
         embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 GREEN, RED, GREY, BLUE = "#2ca02c", "#d62728", "#9a9a9a", "#1f3b73"
+WORST_QUERIES_FILE = "worst_queries.png"  # in the run folder (end of training, eval.py --show)
+WORST_QUERIES_SHOWN = 8  # queries drawn at the end of training
 MAX_LABEL_CHARS = 18
 
 
@@ -115,12 +117,15 @@ def worst_queries(
     neighbours are those of the evaluation's own exact search (`metrics.knn.iter_knn`, L2 distance); the
     similarity shown is the cosine similarity.
     """
-    from metrics.knn import iter_knn
+    from engine.evaluation import own_gallery_rows
+    from metrics.knn import drop_same_item, iter_knn
     from metrics.retrieval import map_at_r
 
+    own = None
     if "query" in embedded:
         (q, ql), (g, gl) = embedded["query"], embedded["gallery"]
         qp, gp, exclude_self = paths["query"], paths["gallery"], False
+        own = own_gallery_rows(qp, gp)  # a query's own image in the gallery is never shown as a result
     else:
         ((name, (q, ql)),) = embedded.items()
         g, gl, qp, gp, exclude_self = q, ql, paths[name], paths[name], True
@@ -129,15 +134,19 @@ def worst_queries(
     gallery_counts: dict[int, int] = {}
     for label in gl_t.tolist():
         gallery_counts[label] = gallery_counts.get(label, 0) + 1
-    relevant = torch.tensor([gallery_counts.get(label, 0) - exclude_self for label in ql_t.tolist()])
-    eligible = len(g) - (1 if exclude_self else 0)
+    in_gallery = torch.zeros(len(ql_t), dtype=torch.int64) if own is None else torch.from_numpy(own >= 0).long()
+    relevant = torch.tensor([gallery_counts.get(label, 0) for label in ql_t.tolist()]) - in_gallery - int(exclude_self)
+    eligible = len(g) - (1 if exclude_self or own is not None else 0)
     if n < 1 or eligible < 1 or len(relevant) == 0 or int(relevant.max()) < 1:
         return []
     k = min(max(int(relevant.max()), top), eligible)
     keys, neighbours = [], []
-    for start, indices in iter_knn(q, g, k, exclude_self=exclude_self, backend="torch", device=q.device):
+    searched = k + 1 if own is not None else k
+    for start, indices in iter_knn(q, g, searched, exclude_self=exclude_self, backend="torch", device=q.device):
         indices = indices.cpu()
         rows = slice(start, start + len(indices))
+        if own is not None:
+            indices = drop_same_item(indices, torch.from_numpy(own[rows]), k)
         hits = gl_t[indices] == ql_t[rows, None]
         precision = map_at_r(hits, relevant[rows].clamp(min=1))
         first = torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.full((len(hits),), k))
@@ -166,14 +175,15 @@ def worst_queries(
 
 def write_worst_queries(
     embedded: dict[str, tuple[torch.Tensor, np.ndarray]],
-    paths: dict[str, Sequence[str]],
+    splits: dict[str, Any],
     path: str | Path,
-    n: int = 8,
+    n: int = WORST_QUERIES_SHOWN,
     top: int = 5,
     title: str | None = None,
 ) -> Path | None:
-    """`worst_queries` drawn to `path`; None (nothing written) when no query can be scored."""
-    rows = worst_queries(embedded, paths, n, top)
+    """`worst_queries` of the embedded splits (datasets with `paths`) drawn to `path`; None (nothing written)
+    when no query can be scored."""
+    rows = worst_queries(embedded, {name: splits[name].paths for name in embedded}, n, top)
     if not rows:
         return None
     heading = title or f"{len(rows)} worst queries (lowest MAP@R); green: same class, red: other class"

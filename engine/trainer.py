@@ -24,6 +24,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import build_train_loader
 from engine.evaluation import evaluate_model, evaluation_splits
+from engine.grids import WORST_QUERIES_FILE, write_worst_queries
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_metrics_csv, write_summary
 from engine.runtime import resolve_device
@@ -346,7 +347,7 @@ def _train(run: Run) -> dict[str, Any]:
         write_summary(summary, folder / "summary.json")
         if cfg.plots and embedded:
             _plot_map(run, embedded, folder / "embedding_map.png")
-            _plot_worst_queries(run, embedded, folder / "worst_queries.png")
+            write_worst_queries(embedded, run.splits, folder / WORST_QUERIES_FILE)  # the last evaluation's
         if writer is not None:
             writer.close()
     return summary
@@ -371,17 +372,6 @@ def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:
     plot_embedding_map(
         embeddings.cpu().numpy(), labels, path, title=f"{run.cfg.dataset} {name} embeddings (t-SNE)", seed=run.cfg.seed
     )
-
-
-WORST_QUERIES_SHOWN = 8
-
-
-def _plot_worst_queries(run: Run, embedded: dict[str, Any], path: Path) -> None:
-    """The worst queries of the last evaluation (its embeddings, no new forward pass), top 5 results each."""
-    from engine.grids import write_worst_queries
-
-    paths = {name: run.splits[name].paths for name in embedded}
-    write_worst_queries(embedded, paths, path, n=WORST_QUERIES_SHOWN)
 
 
 def _tensorboard(cfg: Config, folder: Path):

@@ -21,7 +21,7 @@ import torch
 
 from metrics import retrieval
 from metrics.clustering import f1_from_assignment, kmeans_assignment, nmi_from_assignment
-from metrics.knn import KnnStats, iter_knn
+from metrics.knn import KnnStats, drop_same_item, iter_knn
 from metrics.names import CLUSTERING_METRICS, MetricSpec, canonical_metric_name, resolve_metric
 from utilities.errors import UserError
 
@@ -173,7 +173,7 @@ def _retrieval(
     ):
         rows = slice(start, start + indices.shape[0])
         if has_self:
-            indices = _without_same_item(indices.cpu(), same_item[rows], k)
+            indices = drop_same_item(indices.cpu(), same_item[rows], k)
         row_keep = keep[rows]
         hits = gallery_labels[indices.cpu()] == query_labels[rows, None]
         hits, relevant = hits[row_keep], num_relevant[rows][row_keep]
@@ -181,13 +181,6 @@ def _retrieval(
             sums[name] += float(_per_query(name, hits, relevant).sum())
     info.update(k=k, backend=knn_backend, **vars(stats))
     return {name: sums[name] / kept for name in names}, info
-
-
-def _without_same_item(indices: torch.Tensor, same_item: torch.Tensor, k: int) -> torch.Tensor:
-    """The first k neighbours of each row after removing its own item (rows hold k + 1 neighbours)."""
-    other = indices != same_item[:, None]
-    chosen = other & (torch.cumsum(other.to(torch.int64), dim=1) <= k)
-    return indices[chosen].view(indices.shape[0], k)
 
 
 def _per_query(name: str, hits: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:

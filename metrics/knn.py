@@ -407,3 +407,10 @@ def iter_knn(
                 indices[rows_left] = full_exact_rows(q[rows_left], sub_self, k, gallery)
         stats.rows += q.shape[0]
         yield start, indices
+
+
+def drop_same_item(indices: torch.Tensor, same_item: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k neighbours of each row after removing its own item (rows hold k + 1 neighbours)."""
+    other = indices != same_item[:, None]
+    chosen = other & (torch.cumsum(other.to(torch.int64), dim=1) <= k)
+    return indices[chosen].view(indices.shape[0], k)

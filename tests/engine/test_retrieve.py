@@ -254,6 +254,19 @@ def test_worst_queries_are_the_lowest_map_at_r() -> None:
     assert len(rows) == 2
 
 
+def test_worst_queries_never_show_a_query_its_own_gallery_copy() -> None:
+    """Query -> gallery where a query is also in the gallery (a CSV row that is both): as in the metrics, its
+    own copy is not among its results, and its MAP@R counts only the other items of its class."""
+    gallery = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 1.0], [1.0, 0.3]]), dim=1)
+    gallery_labels = np.array([0, 1, 1, 0])
+    queries, query_labels = gallery[:1].clone(), np.array([0])  # query 0 is gallery image 0
+    embedded = {"query": (queries, query_labels), "gallery": (gallery, gallery_labels)}
+    paths = {"query": ["g0.jpg"], "gallery": ["g0.jpg", "g1.jpg", "g2.jpg", "g3.jpg"]}
+    (row,) = worst_queries(embedded, paths, n=1, top=3)
+    assert [image for image, _, _ in row.results] == ["g3.jpg", "g2.jpg", "g1.jpg"]
+    assert row.note == "MAP@R 1.00"  # R = 1 (g3 only), found first
+
+
 def test_eval_show_draws_the_worst_queries(world, capsys) -> None:
     tmp, checkpoint = world["tmp"], world["checkpoint"]
     base = ["--checkpoint", str(checkpoint), "--evaluation_metrics", "recall@1", "--device", "cpu", "--kernels", "0"]
