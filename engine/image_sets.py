@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.folder import class_images, is_image
-from datasets.manifest import parse_flag
+from datasets.manifest import parse_flag, read_table
 from utilities.errors import UserError
 
 
@@ -46,33 +46,27 @@ def _from_folder(folder: Path, option: str) -> ImageSet:
     return ImageSet([str(p.resolve()) for p in files], labels)
 
 
-def _truthy(value: str, column: str, csv_path: Path, row: int) -> bool:
-    return bool(value.strip()) and parse_flag(value, column, f"{csv_path}, line {row + 2}")
-
-
 def _from_csv(csv_path: Path, option: str, role: str) -> ImageSet:
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise UserError(f"{option}: cannot read CSV {csv_path}: {str(error).splitlines()[0]}") from None
-    if "path" not in table.columns:
-        raise UserError(f"{option}: {csv_path} has no 'path' column (columns: {', '.join(table.columns)})")
+    header, table = read_table(csv_path)
+    if "path" not in header:
+        raise UserError(f"{option}: {csv_path} has no 'path' column (columns: {', '.join(header)})")
     flag = f"is_{role}"
-    if flag in table.columns:
-        keep = [_truthy(v, flag, csv_path, i) for i, v in enumerate(table[flag])]
-        table = table[keep]
-    if table.empty:
+    if flag in header:
+        table = [
+            (line, row)
+            for line, row in table
+            if (row.get(flag) or "").strip() and parse_flag(row[flag], flag, f"{csv_path}, line {line}")
+        ]
+    if not table:
         raise UserError(f"{option}: {csv_path} lists no {role} images")
-    base = csv_path.parent
     paths, labels = [], []
-    for raw, label in zip(table["path"], table["label"] if "label" in table.columns else [None] * len(table)):
-        path = Path(raw) if Path(raw).is_absolute() else base / raw
-        if not path.is_file():
+    for _, row in table:
+        raw = (row.get("path") or "").strip()
+        path = Path(raw) if Path(raw).is_absolute() else csv_path.parent / raw
+        if not raw or not path.is_file():
             raise UserError(f"{option}: image {path} listed in {csv_path} does not exist")
         paths.append(str(path.resolve()))
-        labels.append(label if label not in (None, "") else None)
+        labels.append((row.get("label") or "").strip() or None)
     return ImageSet(paths, labels)
 
 
