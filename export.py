@@ -6,7 +6,7 @@
 The exported network takes `images`, a float32 batch N x 3 x crop x crop that is ALREADY PREPROCESSED
 (resized, centre-cropped, normalised with the recorded mean/std, in the recorded channel order; N is
 dynamic), and returns `embeddings`, N x D float32 rows of unit L2 norm (cosine similarity = dot product),
-equal to `engine.inference.load_model(checkpoint).embed` of the same images. The preprocessing is recorded
+equal to `config.checkpoints.load_model(checkpoint).embed` of the same images. The preprocessing is recorded
 with the model: ONNX `metadata_props` (keys resolution, resize, crop, mean, std, channel_order,
 interpolation, embed_dim, arch, input_range), TorchScript the extra file `preprocessing.json` (read it with
 `torch.jit.load(path, _extra_files={"preprocessing.json": ""})`) holding the same keys.
@@ -119,7 +119,7 @@ def export_torchscript(model: Any, output: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from engine.inference import load_model
+        from config.checkpoints import load_model
 
         output = Path(args.output)
         if output.is_dir():

@@ -36,8 +36,8 @@ def resolve_resume_config(resume: str, argv: Sequence[str]):
 
     Returns the configuration, the run options and the loaded checkpoint (read once, handed to the trainer).
     """
+    from config.command_line import parse_command_line
     from engine.checkpoint import load_checkpoint
-    from utilities.command_line import parse_command_line
 
     state = load_checkpoint(resume)
     cfg, options = parse_command_line(argv, __doc__, base=state["config"])
@@ -45,7 +45,7 @@ def resolve_resume_config(resume: str, argv: Sequence[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from utilities.command_line import parse_command_line
+    from config.command_line import parse_command_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

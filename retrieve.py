@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> None:
     gallery = read_image_set(args.gallery, "--gallery", "gallery") if args.gallery else None
     extra = read_image_set(args.add, "--add", "gallery") if args.add else None
     queries = read_image_set(args.query, "--query", "query") if args.query else None
-    from engine.inference import load_model
+    from config.checkpoints import load_model
     from engine.search_index import SearchIndex, model_identity
 
     model = load_model(args.checkpoint, args.device)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from architectures.backbones import SPECIAL_BACKBONES, build_trunk, input_spec_for
+from architectures.backbones import SPECIAL_BACKBONES, WeightReader, build_trunk, input_spec_for
 from architectures.embedding import EmbeddingModel, pool_feature_map
 
 __all__ = [
     "EmbeddingModel",
     "SPECIAL_BACKBONES",
+    "WeightReader",
     "build_model",
     "input_spec_for",
     "pool_feature_map",
 ]
 
 
-def build_model(cfg: Any) -> EmbeddingModel:
+def build_model(cfg: Any, readers: Sequence[WeightReader] = ()) -> EmbeddingModel:
     """The embedding network of a configuration (`arch`, `pretrained`, `pretrained_path`, `pooling`,
-    `embed_dim`, `embed_norm`, `frozen_bn`)."""
-    trunk = build_trunk(cfg.arch, cfg.pretrained, cfg.pretrained_path)
+    `embed_dim`, `embed_norm`, `frozen_bn`); `readers` read `pretrained_path` files that `torch.load` cannot."""
+    trunk = build_trunk(cfg.arch, cfg.pretrained, cfg.pretrained_path, readers)
     return EmbeddingModel(
         trunk.module,
         trunk.num_features,

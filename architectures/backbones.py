@@ -2,20 +2,21 @@
 
 Pretrained weights are data: `pretrained: true` loads them through timm's hub cache (a download on first
 use), `pretrained_path: FILE` loads a local file and never touches the network (a state dict, a checkpoint
-holding one, or a checkpoint of the reference implementation, whose backbone is then used). Without a network and
+holding one, or a file of a kind that a plugged-in `WeightReader` reads: the trainer plugs in the reference
+implementation's checkpoints, whose backbone is then used). Without a network and
 without a cached or local file, the failure is a `UserError` that says what to do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from datasets.transforms import BNINCEPTION, IMAGENET, Normalization
+from architectures.normalization import BNINCEPTION, IMAGENET, Normalization
 from utilities.errors import UserError
 
 BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
@@ -38,7 +39,13 @@ def _weights_help(name: str) -> str:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+WeightReader = Callable[[Path], "dict[str, torch.Tensor] | None"]
+"""A reader plugged in for `pretrained_path` files that `torch.load` (weights only) cannot read: the backbone's
+state dict, or None when the file is not of its kind (`compat.weights.reference_trunk_weights` reads the
+reference implementation's checkpoints)."""
+
+
+def read_state_dict(path: Path, readers: Sequence[WeightReader] = ()) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"pretrained_path: file not found: {path}")
     try:
@@ -49,10 +56,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        reference = _reference_checkpoint_weights(path)
-        if reference is None:
-            raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
-        return reference
+        for read in readers:
+            state = read(path)
+            if state is not None:
+                return state
+        raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -61,20 +69,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _reference_checkpoint_weights(path: Path) -> dict[str, torch.Tensor] | None:
-    """The backbone weights of a checkpoint of the reference implementation (read without executing any of
-    its pickled objects), or None when `path` is not one."""
-    from compat.unpickler import load_restricted
-    from compat.weights import is_reference_checkpoint, reference_trunk_state
-
-    try:
-        loaded = load_restricted(path).obj
-    except UserError:
-        return None
-    return reference_trunk_state(loaded["state_dict"]) if is_reference_checkpoint(loaded) else None
-
-
-def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
+def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
     """Load backbone weights, ignoring the ImageNet classifier; any other mismatch is an error.
 
     BatchNorm's `num_batches_tracked` counters may be absent (converted weights usually lack them, and they
@@ -97,7 +92,7 @@ def _load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name:
     module.load_state_dict(usable, strict=False)  # only counters can be missing here, and nothing is unexpected
 
 
-def timm_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
+def timm_trunk(name: str, pretrained: bool, pretrained_path: str, readers: Sequence[WeightReader] = ()) -> Trunk:
     import timm
 
     if not timm.is_model(name):
@@ -111,7 +106,7 @@ def timm_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
             raise UserError(_weights_help(name)) from exc
         raise
     if pretrained and pretrained_path:
-        _load_trunk_weights(module, _read_state_dict(Path(pretrained_path)), name, Path(pretrained_path))
+        load_trunk_weights(module, read_state_dict(Path(pretrained_path), readers), name, Path(pretrained_path))
     cfg = module.pretrained_cfg
     spec = Normalization(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
     token_pool = not hasattr(module, "global_pool") or not isinstance(getattr(module, "global_pool", None), nn.Module)
@@ -140,29 +135,29 @@ class _BNInceptionTrunk(nn.Module):
         return self.model.features(images)
 
 
-def bninception_trunk(name: str, pretrained: bool, pretrained_path: str) -> Trunk:
+def bninception_trunk(name: str, pretrained: bool, pretrained_path: str, readers: Sequence[WeightReader] = ()) -> Trunk:
     import pretrainedmodels
 
     model = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
     if pretrained:
         if pretrained_path:
-            state = _read_state_dict(Path(pretrained_path))
+            state = read_state_dict(Path(pretrained_path), readers)
         else:
             try:
                 state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu")
             except Exception as exc:  # noqa: BLE001
                 raise UserError(_weights_help(name)) from exc
-        _load_trunk_weights(model, state, name, Path(pretrained_path or BNINCEPTION_URL))
+        load_trunk_weights(model, state, name, Path(pretrained_path or BNINCEPTION_URL))
     model.last_linear = nn.Identity()
     return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION)
 
 
 @dataclass(frozen=True)
 class SpecialBackbone:
-    """A backbone that is not a timm model: its builder `(name, pretrained, pretrained_path) -> Trunk`, and the
+    """A backbone that is not a timm model: its builder `(name, pretrained, pretrained_path, readers) -> Trunk`, the
     input normalisation it expects (known without building it, so data pipelines can be set up first)."""
 
-    build: Callable[[str, bool, str], Trunk]
+    build: Callable[[str, bool, str, Sequence[WeightReader]], Trunk]
     input_spec: Normalization
     description: str
 
@@ -188,7 +183,7 @@ def input_spec_for(name: str) -> Normalization:
     return Normalization(tuple(cfg.mean or IMAGENET.mean), tuple(cfg.std or IMAGENET.std))
 
 
-def build_trunk(name: str, pretrained: bool, pretrained_path: str = "") -> Trunk:
+def build_trunk(name: str, pretrained: bool, pretrained_path: str = "", readers: Sequence[WeightReader] = ()) -> Trunk:
+    """The backbone `name`; `readers` are tried, in order, on a `pretrained_path` that `torch.load` cannot read."""
     special = SPECIAL_BACKBONES.get(name)
-    trunk = (special.build if special else timm_trunk)(name, pretrained, pretrained_path)
-    return trunk
+    return (special.build if special else timm_trunk)(name, pretrained, pretrained_path, readers)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.transforms import Normalization
+from architectures.normalization import Normalization
 
 POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "avg": lambda features: features.mean(dim=(2, 3)),

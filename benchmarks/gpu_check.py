@@ -291,8 +291,8 @@ def clustered_embeddings(items: int, classes: int, dim: int, seed: int = 0):
 def time_evaluation(report: Report, sizes: Sizes, device) -> None:
     import torch
 
+    from config import read_yaml
     from metrics import compute_metrics
-    from utilities.config import read_yaml
 
     warm_x, warm_y = clustered_embeddings(512, 16, 64, seed=9)
     compute_metrics(warm_x, warm_y, ["recall@1", "f1"], backend="torch", device=device)  # CUDA init, kernels

@@ -79,7 +79,7 @@ def _sync(device: torch.device) -> None:
 def embedding_speed(arch: str, resolution: int, batch_size: int, batches: int, dim: int, device: torch.device):
     """Median images/s of the embedding network on random batches (one warm-up batch first)."""
     from architectures import build_model
-    from utilities.config import config_from_dict
+    from config import config_from_dict
 
     cfg = config_from_dict({"arch": arch, "pretrained": False, "embed_dim": dim, "resolution": resolution})
     model = build_model(cfg).eval().to(device)

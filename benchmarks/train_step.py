@@ -37,8 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from config import Config, config_from_dict, read_yaml  # noqa: E402
 from engine.step import StepContext, train_step  # noqa: E402
-from utilities.config import Config, config_from_dict, read_yaml  # noqa: E402
 
 CUB_CONFIG = REPO_ROOT / "configs" / "cub200.yaml"
 CUB_TRAIN_CLASSES = 100

@@ -20,10 +20,8 @@ import torch
 
 from compat.options import translate_arch
 from compat.unpickler import RestrictedLoad
-from compat.weights import is_reference_checkpoint
-from datasets.build import has_query_gallery
+from datasets.build import DEFAULT_SOURCE_PATH, has_query_gallery
 from metrics.names import REFERENCE_INSHOP_METRICS
-from utilities.config import Config
 from utilities.errors import UserError
 
 # The reference eval.py's default metrics. In-Shop: the reference's training-time In-Shop report
@@ -92,27 +90,7 @@ def reference_eval_config(
         source_path = stored.removesuffix(f"/{options.get('dataset')}") if options.get("dataset") else stored
     if source_path is not None:
         values["source_path"] = source_path
-    query_gallery = has_query_gallery(dataset, source_path if source_path is not None else Config.source_path)
+    query_gallery = has_query_gallery(dataset, source_path if source_path is not None else DEFAULT_SOURCE_PATH)
     values["evaluation_metrics"] = list(REFERENCE_INSHOP_METRICS if query_gallery else REFERENCE_EVAL_METRICS)
     values["best_metric"] = values["evaluation_metrics"][0]
     return values
-
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, ReferenceCheckpoint | None]:
-    """A checkpoint of this project (read with ``weights_only=True``) or, failing that, one of the reference
-    implementation (read with the restricted unpickler): exactly one of the pair is not None."""
-    from compat.unpickler import load_restricted
-    from engine.checkpoint import FORMAT, load_checkpoint
-
-    try:
-        return load_checkpoint(path), None
-    except UserError as not_ours:
-        loaded = load_restricted(path)
-        if is_reference_checkpoint(loaded.obj):
-            return None, reference_checkpoint(path, loaded)
-        if isinstance(loaded.obj, dict) and loaded.obj.get("format") == FORMAT:
-            raise
-        raise UserError(
-            f"{path} is neither a checkpoint of this project nor one of the reference implementation "
-            "(a dict with 'state_dict' and 'opt')"
-        ) from not_ours

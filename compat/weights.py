@@ -10,6 +10,7 @@ BN-Inception sits in ``trunk.model``) and ``head.*``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +58,19 @@ def reference_trunk_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         for key, value in state.items()
         if key.startswith("model.") and not key.startswith("model.last_linear.")
     }
+
+
+def reference_trunk_weights(path: Path) -> dict[str, torch.Tensor] | None:
+    """The backbone weights of a checkpoint of the reference implementation (read without executing any of its
+    pickled objects), or None when `path` is not one: the `WeightReader` that training plugs into
+    `architectures.build_model` for `pretrained_path`."""
+    from compat.unpickler import load_restricted
+
+    try:
+        loaded = load_restricted(path).obj
+    except UserError:
+        return None
+    return reference_trunk_state(loaded["state_dict"]) if is_reference_checkpoint(loaded) else None
 
 
 def load_reference_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:

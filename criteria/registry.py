@@ -14,7 +14,7 @@ here, and the tests run every contract over every entry. Adding a loss is one mo
     # here, in _ENTRIES:
     my_loss.ENTRY,
 
-The entry's keys join the configuration schema (``utilities.config`` adds every ``LOSS_KEYS`` key with its
+The entry's keys join the configuration schema (``config.schema`` adds every ``LOSS_KEYS`` key with its
 default, help and choices); docs/extending.md walks through an example.
 """
 

@@ -18,6 +18,9 @@ from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
+DEFAULT_SOURCE_PATH = "data"
+"""The default root folder of the benchmarks (`source_path`)."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

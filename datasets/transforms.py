@@ -33,7 +33,6 @@ accepts a PIL image.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -41,20 +40,8 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
+from architectures.normalization import BNINCEPTION, IMAGENET, Normalization  # noqa: F401 - the pipelines apply them
 from utilities.errors import UserError
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-channel mean/std applied to RGB tensors in [0, 1]; `bgr` flips the channels afterwards."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    bgr: bool = False
-
-
-IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-BNINCEPTION = Normalization((0.502, 0.4588, 0.4078), (0.0039, 0.0039, 0.0039), bgr=True)
 
 
 class RGBToBGR:

@@ -6,8 +6,7 @@ metrics, which it then shares with the other ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,109 +167,3 @@ def write_embeddings(path: str | Path, embedded: dict[str, tuple[torch.Tensor, n
         arrays[f"{prefix}embeddings"] = embeddings.cpu().numpy()
         arrays[f"{prefix}labels"] = labels
     np.savez(path, **arrays)
-
-
-@dataclass
-class CheckpointEvaluation:
-    """What eval.py asks of a checkpoint; None keeps the checkpoint's own setting."""
-
-    checkpoint: str
-    source_path: str | None = None
-    dataset: str | None = None
-    metrics: list[str] | None = None
-    backend: str = "auto"
-    device: str = "auto"
-    gpu: list[int] | None = None
-    batch_size: int | None = None
-    workers: int | None = None
-    normalize: bool | None = None
-    search_on_cpu: bool = False
-    save_embeddings: str | None = None
-    show: int = 0  # draw this many worst queries (engine.grids) to `show_path`
-    show_path: str | None = None
-    report: Callable[[str], None] = print
-
-
-def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[str, Any], Callable[[nn.Module], None]]:
-    """Configuration values and a weight loader for a checkpoint of either kind; reports which kind it is."""
-    from compat.checkpoint import read_checkpoint, reference_eval_config
-    from compat.weights import load_reference_weights
-
-    own, reference = read_checkpoint(path)
-    if own is not None:
-        request.report(f"{path}: a checkpoint of this project (read with weights_only=True)")
-        values = dict(own["config"], pretrained=False)
-        trained_on = values["dataset"]
-        values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
-        if request.normalize is not None:
-            values["eval_normalize"] = request.normalize
-
-        def load(model: nn.Module) -> None:
-            model.load_state_dict(own["model"])
-
-    else:
-        request.report(reference.describe(path))
-        values = reference_eval_config(reference, request.dataset, request.source_path)
-        trained_on = reference.options.get("dataset")
-        values["eval_normalize"] = bool(request.normalize)
-        if request.normalize is None:
-            request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
-
-        def load(model: nn.Module) -> None:
-            load_reference_weights(model, reference.state_dict, values["arch"])
-
-    if trained_on and values["dataset"] != trained_on:
-        request.report(f"evaluating on {values['dataset']} (the checkpoint was trained on {trained_on})")
-    return values, load
-
-
-def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
-    """Rebuild a checkpoint's model and test data and evaluate them (eval.py).
-
-    A checkpoint of this project brings its resolved configuration; one of the reference implementation
-    brings its architecture name and embedding size (`compat.checkpoint`). `request.report` gets
-    one line saying which kind was read (and any setting the request changed).
-    """
-    from architectures import build_model, input_spec_for
-    from datasets import build_datasets
-    from engine.checkpoint import resolve_checkpoint_path
-    from engine.runtime import resolve_device
-    from metrics import canonical_metric_name
-    from utilities.config import config_from_dict
-
-    path = resolve_checkpoint_path(request.checkpoint)
-    values, load_weights = _checkpoint_setup(request, path)
-    if request.metrics:
-        values["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
-        values["best_metric"] = values["evaluation_metrics"][0]
-    if request.gpu is not None:
-        values["gpu"] = request.gpu
-    if request.batch_size is not None:
-        values["eval_batch_size"] = request.batch_size
-    cfg = config_from_dict(values, f"checkpoint {path}")
-    torch_device = resolve_device(request.device, cfg.gpu)
-    model = build_model(cfg)
-    load_weights(model)
-    model.to(torch_device)
-    if torch_device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    splits = build_datasets(cfg, input_spec_for(cfg.arch))
-    embedded = embed_splits(
-        model,
-        splits,
-        evaluation_splits(splits, use_val=False),
-        device=torch_device,
-        batch_size=cfg.eval_batch_size,
-        workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
-        normalize=cfg.eval_normalize,
-    )
-    if request.save_embeddings:
-        write_embeddings(request.save_embeddings, embedded)
-    if request.show > 0 and request.show_path:
-        from engine.grids import write_worst_queries
-
-        written = write_worst_queries(embedded, splits, request.show_path, n=request.show)
-        request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
-    if request.search_on_cpu:
-        embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}
-    return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend, same_item_indices(splits))

@@ -1,6 +1,6 @@
 """A trained checkpoint put to use: load it once, embed images with the preprocessing its configuration implies.
 
-    from engine.inference import load_model
+    from config.checkpoints import load_model
     model = load_model("runs/cub200/test_cub200/checkpoints/best.pt")
     embeddings = model.embed(["a.jpg", "b.jpg"])  # N x D float32 tensor on the CPU, rows of unit L2 norm
 
@@ -64,16 +64,6 @@ def preprocessing_of(cfg: Any) -> Preprocessing:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's `checkpoints/best.pt` (else `last.pt`)."""
-    from engine.checkpoint import resolve_checkpoint_path
-
-    path = Path(path)
-    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
-        return path / "checkpoints" / "best.pt"
-    return resolve_checkpoint_path(path)
 
 
 class _Files:
@@ -168,33 +158,6 @@ class InferenceModel:
                 images = [images]
             parts = [embeddings for _, embeddings in self.iter_embed(images, batch_size=batch_size, workers=workers)]
         return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
-
-
-def load_model(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
-    """The embedding network of a checkpoint of this project (a `.pt` file or a run folder), ready to embed.
-
-    `device`: None picks the GPU when present. Anything that is not a readable checkpoint of this project
-    is a `UserError` naming the file.
-    """
-    from architectures import build_model
-    from engine.checkpoint import load_checkpoint
-    from utilities.config import config_from_dict
-
-    file = _checkpoint_file(path)
-    state = load_checkpoint(file)
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-        raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
-    cfg = config_from_dict(dict(state["config"], pretrained=False), f"checkpoint {file}")
-    network = build_model(cfg)
-    try:
-        network.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
-    try:
-        torch_device = torch.device(device) if device is not None else default_device()
-    except RuntimeError as error:
-        raise UserError(f"device {device!r} is not a valid torch device: {error}") from None
-    return InferenceModel(network, cfg, file, torch_device)
 
 
 def as_numpy(embeddings: torch.Tensor) -> np.ndarray:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from utilities.files import atomic_write
 
 
@@ -34,6 +36,12 @@ def new_run_folder(save_path: str, dataset: str, save_name: str) -> Path:
         except FileExistsError:
             suffix += 1
             candidate = parent / f"{name}_{suffix}"
+
+
+def write_config(values: dict[str, Any], path: Path) -> None:
+    """The resolved configuration (every key, in schema order) as YAML."""
+    text = yaml.safe_dump(values, sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from termcolor import colored
@@ -26,13 +26,15 @@ from engine.data import build_train_loader
 from engine.evaluation import evaluate_model, evaluation_splits
 from engine.grids import WORST_QUERIES_FILE, write_worst_queries
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
-from engine.run_folder import new_run_folder, write_metrics_csv, write_summary
+from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
 from engine.runtime import resolve_device
 from engine.step import StepContext, train_step
-from utilities.config import Config, write_yaml
 from utilities.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
 from utilities.errors import UserError
 from utilities.seeding import derive_seed, seed_everything
+
+if TYPE_CHECKING:  # annotations only: the configuration package sits above the engine
+    from config import Config
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,6 +115,7 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
 
 def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None) -> Run:
     from architectures import build_model, input_spec_for
+    from compat.weights import reference_trunk_weights
     from criteria import build_criterion
     from datasets import build_datasets
 
@@ -121,7 +124,7 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     device = resolve_device(cfg.device, cfg.gpu, dist.local_rank if dist.enabled else None)
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, readers=(reference_trunk_weights,)).to(device)
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -283,7 +286,7 @@ def _train(run: Run) -> dict[str, Any]:
     checkpoints = folder / "checkpoints"
     writer = _tensorboard(cfg, folder) if main else None
     if main:
-        write_yaml(cfg, folder / "config.yaml")
+        write_config(cfg.to_dict(), folder / "config.yaml")
         print(colored(f"run folder: {folder}", "cyan"), flush=True)
     use_val = "val" in run.splits
     from datasets import build_batch_sampler

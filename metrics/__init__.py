@@ -15,24 +15,30 @@ argument without importing torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from metrics.names import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name, parse_metric_list
 
-_LAZY = {
-    "compute_metrics": "metrics.compute",
-    "compute_query_gallery_metrics": "metrics.compute",
-    "resolve_backend": "metrics.compute",
-    "f1_from_assignment": "metrics.clustering",
-    "nmi_from_assignment": "metrics.clustering",
-    "kmeans_assignment": "metrics.clustering",
-}
+_COMPUTE = ("compute_metrics", "compute_query_gallery_metrics", "resolve_backend")
+_CLUSTERING = ("f1_from_assignment", "nmi_from_assignment", "kmeans_assignment")
 
-__all__ = ["CLUSTERING_METRICS", "QUERY_GALLERY_METRICS", "canonical_metric_name", "parse_metric_list", *_LAZY]
+__all__ = [
+    "CLUSTERING_METRICS",
+    "QUERY_GALLERY_METRICS",
+    "canonical_metric_name",
+    "parse_metric_list",
+    *_COMPUTE,
+    *_CLUSTERING,
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _COMPUTE:
+        from metrics import compute
+
+        return getattr(compute, name)
+    if name in _CLUSTERING:
+        from metrics import clustering
+
+        return getattr(clustering, name)
     raise AttributeError(f"module 'metrics' has no attribute {name!r}")

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from architectures import build_model
+from config import Config, config_from_dict
 from engine.checkpoint import save_checkpoint
-from utilities.config import Config, config_from_dict
 
 
 def tiny_config(source: Path, embed_dim: int = 16) -> Config:

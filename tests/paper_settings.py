@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from utilities.command_line import parse_command_line
-from utilities.config import Config
+from config import Config
+from config.command_line import parse_command_line
 
 
 def parse(*argv: str) -> Config:

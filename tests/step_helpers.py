@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from architectures import build_model
+from config import Config, config_from_dict
 from criteria import build_criterion
 from engine.optim import build_optimizers
 from engine.step import StepContext, train_step
-from utilities.config import Config, config_from_dict
 
 
 def tiny_config(**overrides) -> Config:

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from benchmarks import data_speed, train_step
+from config import config_from_dict
 from datasets import ImageDataset, build_datasets
 from datasets.base import load_rgb, load_rgb_uint8
 from datasets.cub200 import load_cub200
 from datasets.transforms import IMAGENET, build_transform
 from engine.data import SeededAugmentation
-from utilities.config import config_from_dict
 from utilities.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from paper_settings import PAPER_SETTINGS, SHARED, parse
 from test_reference_checkpoint import write_cub
 
 from compat.options import REFERENCE_OPTIONS, markdown_table, translate_arch
+from config import Config
 from engine.optim import build_schedulers
-from utilities.config import Config
 from utilities.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

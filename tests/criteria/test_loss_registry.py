@@ -11,12 +11,12 @@ import torch
 from step_helpers import build, one_iteration, tiny_config
 
 import main
+from config import FIELDS, Config
+from config.command_line import build_parser
 from criteria import AdversarialCriterion, Criterion, ProxyLoss, build_criterion
 from criteria.base import group
 from criteria.registry import LOSS_KEYS, LOSS_NAMES, LOSSES
 from engine.optim import build_optimizers, check_group_coverage
-from utilities.command_line import build_parser
-from utilities.config import FIELDS, Config
 from utilities.errors import EXIT_USER_ERROR, UserError
 
 SCHEMA_TYPES = typing.get_type_hints(Config)

@@ -11,12 +11,12 @@ import scipy.io
 import torch
 from PIL import Image
 
+from config import FIELDS, field_choices
 from datasets import DATASETS, ImageDataset, build_datasets, check_images, describe
 from datasets.cars196 import load_cars196
 from datasets.cub200 import load_cub200
 from datasets.inshop import load_inshop
 from datasets.online_products import load_online_products
-from utilities.config import FIELDS, field_choices
 from utilities.errors import UserError
 
 
@@ -340,9 +340,9 @@ def test_corrupt_image_is_a_user_error_and_reported_by_check_images(tmp_path: Pa
 
 def test_configuration_choices_come_from_the_registries() -> None:
     """The `dataset`, `augmentation` and `data_sampler` values are the registries' names, listed nowhere else."""
+    from config.command_line import build_parser
     from datasets.samplers import SAMPLERS
     from datasets.transforms import AUGMENTATIONS
-    from utilities.command_line import build_parser
 
     assert field_choices(FIELDS["augmentation"]) == tuple(AUGMENTATIONS)
     assert field_choices(FIELDS["data_sampler"]) == tuple(SAMPLERS)

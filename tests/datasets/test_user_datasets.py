@@ -13,12 +13,12 @@ from PIL import Image
 
 import engine.trainer
 import main as main_module
+from config import FIELDS, config_from_dict, field_choices
 from datasets import build_batch_sampler
 from datasets.build import DATASETS, has_query_gallery
 from datasets.folder import load_folder
 from datasets.manifest import load_csv
 from metrics.names import QUERY_GALLERY_METRICS
-from utilities.config import FIELDS, config_from_dict, field_choices
 from utilities.errors import UserError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP",

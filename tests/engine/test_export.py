@@ -15,8 +15,8 @@ import torch
 from inference_fixtures import tiny_config, write_checkpoint
 
 import export
+from config.checkpoints import load_model
 from datasets import build_datasets
-from engine.inference import load_model
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import torch
 from step_helpers import tiny_config as cpu_tiny_config
 
 from architectures import build_model
+from config import Config
 from criteria import build_criterion
 from engine.optim import build_optimizers
 from engine.step import StepContext, train_step
-from utilities.config import Config
 
 N_CLASSES = 6
 

@@ -19,10 +19,10 @@ from PIL import Image
 import eval as eval_module
 import retrieve
 from architectures import build_model, input_spec_for
+from config.checkpoints import load_model
 from datasets import build_datasets
 from engine.evaluation import embed_dataset
 from engine.grids import worst_queries
-from engine.inference import load_model
 from engine.search_index import sidecar_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

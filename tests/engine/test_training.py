@@ -273,7 +273,7 @@ def test_discriminator_normalisation_and_evaluation_normalisation_are_separate_s
     """Turning off the DADA ablation knob `normalize_features` leaves the evaluation embeddings normalised."""
     from types import SimpleNamespace
 
-    from utilities.config import config_from_dict
+    from config import config_from_dict
 
     seen = []
     monkeypatch.setattr(engine.trainer, "evaluate_model", lambda *args, **kwargs: seen.append(kwargs["normalize"]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from paper_settings import PAPER_SETTINGS, SHARED, parse
 
-from utilities.config import FIELDS, config_from_dict, read_yaml
+from config import FIELDS, config_from_dict, read_yaml
 from utilities.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

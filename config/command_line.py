@@ -2,7 +2,7 @@
 
 This is where the reference implementation's options enter: its YAML files and flags are translated by
 `compat.options` into this project's keys, with one line each on stderr, before the configuration core
-(`utilities.config`) sees them. A stored configuration (``--resume``) is this project's own and is read as it is.
+(`config.schema`) sees them. A stored configuration (``--resume``) is this project's own and is read as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from compat.options import REFERENCE_OPTIONS, translate_reference
-from utilities.config import (
+from config.schema import (
     FIELDS,
     KEY_TYPES,
     Config,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +19,86 @@ from typing import Any
 import yaml
 
 from criteria.registry import LOSS_KEYS, LOSS_NAMES, check_loss_config, loss_help
+from datasets.build import DEFAULT_SOURCE_PATH
 from utilities.errors import UserError
 
 
-def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
-    """The names of a registry (`module.name`, a dict or tuple), read when a value is validated or `--help` is
-    shown, so that importing the schema does not import every package (the datasets pull in torchvision). The
-    loss registry is the exception: its keys are part of the schema, so `criteria` is imported with it."""
+def _datasets() -> tuple[str, ...]:
+    from datasets.build import DATASETS
 
-    def names() -> tuple[str, ...]:
-        return tuple(getattr(importlib.import_module(module), name))
+    return tuple(DATASETS)
 
-    return names
+
+def _augmentations() -> tuple[str, ...]:
+    from datasets.transforms import AUGMENTATIONS
+
+    return tuple(AUGMENTATIONS)
+
+
+def _decoders() -> tuple[str, ...]:
+    from datasets.transforms import DECODERS
+
+    return tuple(DECODERS)
+
+
+def _samplers() -> tuple[str, ...]:
+    from datasets.samplers import SAMPLERS
+
+    return tuple(SAMPLERS)
+
+
+def _precisions() -> tuple[str, ...]:
+    from engine.step import PRECISIONS
+
+    return tuple(PRECISIONS)
+
+
+def _poolings() -> tuple[str, ...]:
+    from architectures.embedding import POOLINGS
+
+    return tuple(POOLINGS)
+
+
+def _embed_norms() -> tuple[str, ...]:
+    from architectures.embedding import EMBED_NORMS
+
+    return tuple(EMBED_NORMS)
+
+
+def _discrepancies() -> tuple[str, ...]:
+    from criteria.discriminators import DISCREPANCIES
+
+    return tuple(DISCREPANCIES)
+
+
+def _mix_modes() -> tuple[str, ...]:
+    from criteria.mixing import MIX_MODES
+
+    return tuple(MIX_MODES)
+
+
+def _activations() -> tuple[str, ...]:
+    from criteria.discriminators import ACTIVATIONS
+
+    return tuple(ACTIVATIONS)
+
+
+def _optimizers() -> tuple[str, ...]:
+    from engine.optim import OPTIMIZERS
+
+    return tuple(OPTIMIZERS)
+
+
+def _schedules() -> tuple[str, ...]:
+    from engine.optim import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+def _backends() -> tuple[str, ...]:
+    from metrics.compute import BACKENDS
+
+    return tuple(BACKENDS)
 
 
 def _key(default: Any, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> Any:
@@ -51,10 +118,11 @@ class _CoreConfig:
     dataset: str = _key(
         "synthetic",
         "data to train on: a benchmark, the synthetic set, or your own images (folder: class folders; csv: a manifest)",
-        _registry("datasets.build", "DATASETS"),
+        _datasets,
     )
     source_path: str = _key(
-        "data", "root folder of the benchmarks (the dataset name is appended); folder: the image folder; csv: the file"
+        DEFAULT_SOURCE_PATH,
+        "root folder of the benchmarks (the dataset name is appended); folder: the image folder; csv: the file",
     )
     save_path: str = _key("runs", "root folder of the runs (<save_path>/<dataset>/<save_name>)")
     save_name: str = _key("", "run folder name; empty: a date-stamped name")
@@ -62,9 +130,7 @@ class _CoreConfig:
     device: str = _key("auto", "where to train: auto (CUDA when available), cuda or cpu", ("auto", "cuda", "cpu"))
     gpu: list[int] = _key([0], "CUDA device index (single-process runs; torchrun sets it per rank)")
     kernels: int = _key(4, "data-loader worker processes (and faiss threads)")
-    precision: str = _key(
-        "fp32", "fp32, or autocast in bf16 / fp16 (loss math stays fp32)", _registry("engine.step", "PRECISIONS")
-    )
+    precision: str = _key("fp32", "fp32, or autocast in bf16 / fp16 (loss math stays fp32)", _precisions)
     channels_last: bool = _key(True, "channels_last memory format for CNN backbones on CUDA")
     compile: bool = _key(False, "torch.compile the backbone (CUDA)")
     tensorboard: bool = _key(False, "also write TensorBoard scalars to <run>/tensorboard")
@@ -75,14 +141,12 @@ class _CoreConfig:
     max_nonfinite: int = _key(20, "stop the run after this many consecutive non-finite losses")
 
     # --- data ----------------------------------------------------------------------------------------
-    augmentation: str = _key("base", "training augmentation", _registry("datasets.transforms", "AUGMENTATIONS"))
-    image_decoder: str = _key(
-        "torchvision", "image decoding: uint8 tensors (faster) or PIL", _registry("datasets.transforms", "DECODERS")
-    )
+    augmentation: str = _key("base", "training augmentation", _augmentations)
+    image_decoder: str = _key("torchvision", "image decoding: uint8 tensors (faster) or PIL", _decoders)
     resolution: int = _key(224, "crop size of training and evaluation images")
     batch_size: int = _key(90, "images per (global) training batch")
     samples_per_class: int = _key(2, "images per class draw in a batch")
-    data_sampler: str = _key("class_random", "batch sampler", _registry("datasets.samplers", "SAMPLERS"))
+    data_sampler: str = _key("class_random", "batch sampler", _samplers)
     iterations_per_epoch: int = _key(0, "batches per epoch; 0: floor(train images / batch_size)")
     val_classes: float = _key(0.0, "fraction of training classes held out as a validation split (0: none)")
     test_classes: float = _key(0.5, "folder data without train/: fraction of the classes (sorted last) that test")
@@ -95,9 +159,9 @@ class _CoreConfig:
     arch: str = _key("resnet50.tv_in1k", "backbone: any timm model name, or bninception")
     pretrained: bool = _key(True, "start from ImageNet weights (timm hub cache, or pretrained_path)")
     pretrained_path: str = _key("", "local weights file for the backbone (no download)")
-    pooling: str = _key("avgmax", "pooling of CNN feature maps", _registry("architectures.embedding", "POOLINGS"))
+    pooling: str = _key("avgmax", "pooling of CNN feature maps", _poolings)
     embed_dim: int = _key(512, "embedding dimension")
-    embed_norm: str = _key("layernorm", "embedding normalisation", _registry("architectures.embedding", "EMBED_NORMS"))
+    embed_norm: str = _key("layernorm", "embedding normalisation", _embed_norms)
     frozen_bn: bool = _key(True, "freeze backbone BatchNorm statistics (affine parameters still train)")
 
     # --- base proxy loss -----------------------------------------------------------------------------
@@ -113,11 +177,9 @@ class _CoreConfig:
     adv_weight: float = _key(1.0, "gamma: weight of the adversarial terms in the generator objective")
     class_ratio: float = _key(0.01, "rho: share of the class-discrepancy part (1 - rho: domain part)")
     discrepancy_weight: float = _key(0.5, "kappa: weight of the discrepancy inside the class part")
-    discrepancy: str = _key(
-        "nwd", "discrepancy between sample and mix predictions", _registry("criteria.discriminators", "DISCREPANCIES")
-    )
+    discrepancy: str = _key("nwd", "discrepancy between sample and mix predictions", _discrepancies)
     normalize_features: bool = _key(True, "L2-normalise the discriminators' inputs (samples, mixes, proxies)")
-    mix_mode: str = _key("random", "sample-proxy mixup", _registry("criteria.mixing", "MIX_MODES"))
+    mix_mode: str = _key("random", "sample-proxy mixup", _mix_modes)
     shift_scale: float = _key(1.0, "shift scale s of the random mixup, -1 < s <= 1")
     mix_alpha: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: a")
     mix_beta: float = _key(0.5, "Beta(a, b) of the sample-proxy mix coefficient: b")
@@ -128,9 +190,7 @@ class _CoreConfig:
     class_hidden2: int = _key(128, "second hidden width of the class discrepancy predictor")
     class_out_bn: bool = _key(False, "BatchNorm on the class predictor's output")
     dropout: float = _key(0.5, "dropout of the class predictor")
-    activation: str = _key(
-        "relu", "activation of the discriminators", _registry("criteria.discriminators", "ACTIVATIONS")
-    )
+    activation: str = _key("relu", "activation of the discriminators", _activations)
     disc_lr: float = _key(5e-4, "learning rate of the discriminators (and of the learnable mix weights)")
     disc_decay: float = _key(1e-4, "weight decay of the discriminators")
     d_step: int = _key(3, "discriminator updates per batch")
@@ -141,13 +201,11 @@ class _CoreConfig:
     optim: str = _key(
         "adam",
         "backbone optimizer (proxies and discriminators always use Adam)",
-        _registry("engine.optim", "OPTIMIZERS"),
+        _optimizers,
     )
     lr: float = _key(1e-4, "backbone and embedding-head learning rate")
     weight_decay: float = _key(4e-4, "backbone weight decay (coupled L2 for adam, decoupled for adamw)")
-    scheduler: str = _key(
-        "step", "learning-rate schedule of all three optimizers", _registry("engine.optim", "SCHEDULES")
-    )
+    scheduler: str = _key("step", "learning-rate schedule of all three optimizers", _schedules)
     lr_step: int = _key(5, "step schedule: epochs between decays")
     lr_gamma: float = _key(0.5, "step / multi schedule: decay factor")
     lr_milestones: list[int] = _key([20, 45, 70], "multi schedule: epochs (counted after warm-up) of decay")
@@ -163,7 +221,7 @@ class _CoreConfig:
         "metrics computed at evaluation (In-Shop default: recall@1/10/20/30/40/50, map@r)",
     )
     eval_every: int = _key(1, "evaluate every this many epochs (and after the last)")
-    eval_backend: str = _key("auto", "nearest-neighbour backend", _registry("metrics.compute", "BACKENDS"))
+    eval_backend: str = _key("auto", "nearest-neighbour backend", _backends)
     eval_normalize: bool = _key(True, "L2-normalise the evaluation embeddings (cosine retrieval)")
     best_metric: str = _key("recall@1", "metric that selects checkpoints/best.pt")
 
@@ -380,8 +438,3 @@ def apply_overrides(cfg: Config, values: dict[str, Any], where: str) -> None:
         if key not in FIELDS:
             raise UserError(unknown_key_message(key, where))
         setattr(cfg, key, coerce(key, value))
-
-
-def write_yaml(cfg: Config, path: Path) -> None:
-    """Write the resolved configuration (every key) as YAML."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,70 @@
+"""A checkpoint -> its configuration -> a model: of this project (`load_model`, for embedding images) or of the
+reference implementation (`read_checkpoint`, for eval.py).
+
+What a run folder means here: ``checkpoints/best.pt`` when it exists, else ``checkpoints/last.pt`` (a model
+to use); resuming a run (``main.py --resume``) reads ``checkpoints/last.pt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from architectures import build_model
+from compat.checkpoint import ReferenceCheckpoint, reference_checkpoint
+from compat.unpickler import load_restricted
+from compat.weights import is_reference_checkpoint
+from config.schema import config_from_dict
+from engine.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint_path
+from engine.inference import InferenceModel, default_device
+from utilities.errors import UserError
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's `checkpoints/best.pt` (else `last.pt`)."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+        return path / "checkpoints" / "best.pt"
+    return resolve_checkpoint_path(path)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
+    """The embedding network of a checkpoint of this project (a `.pt` file or a run folder), ready to embed.
+
+    `device`: None picks the GPU when present. Anything that is not a readable checkpoint of this project
+    is a `UserError` naming the file.
+    """
+    file = _checkpoint_file(path)
+    state = load_checkpoint(file)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
+    cfg = config_from_dict(dict(state["config"], pretrained=False), f"checkpoint {file}")
+    network = build_model(cfg)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
+    try:
+        torch_device = torch.device(device) if device is not None else default_device()
+    except RuntimeError as error:
+        raise UserError(f"device {device!r} is not a valid torch device: {error}") from None
+    return InferenceModel(network, cfg, file, torch_device)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, ReferenceCheckpoint | None]:
+    """A checkpoint of this project (read with ``weights_only=True``) or, failing that, one of the reference
+    implementation (read with the restricted unpickler): exactly one of the pair is not None."""
+    try:
+        return load_checkpoint(path), None
+    except UserError as not_ours:
+        loaded = load_restricted(path)
+        if is_reference_checkpoint(loaded.obj):
+            return None, reference_checkpoint(path, loaded)
+        if isinstance(loaded.obj, dict) and loaded.obj.get("format") == FORMAT:
+            raise
+        raise UserError(
+            f"{path} is neither a checkpoint of this project nor one of the reference implementation "
+            "(a dict with 'state_dict' and 'opt')"
+        ) from not_ours
