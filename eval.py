@@ -26,27 +26,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metrics.names import QUERY_GALLERY_METRICS
-from utilities.errors import ArgumentParser, UserError, report_user_error
+from metrics.settings import DEFAULT_METRICS
+from utilities.errors import UserError, report_user_error
 
 if TYPE_CHECKING:
     from torch import nn
 
-DEFAULT_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "f1"]
 SINGLE_SET_KEYS = ("embeddings", "labels")
 QUERY_GALLERY_KEYS = ("query_embeddings", "query_labels", "gallery_embeddings", "gallery_labels")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0])
+    from config.command_line import add_key, script_parser
+
+    parser = script_parser("eval.py", __doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--embeddings", help="npz file of stored embeddings and labels")
-    source.add_argument("--checkpoint", "--test_path", dest="checkpoint", help="checkpoint of a training run")
-    parser.add_argument("--evaluation_metrics", nargs="+", default=None, help="metric names (or a [list])")
-    parser.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"])
-    parser.add_argument("--device", default=None, help="torch device (default: cpu; checkpoints: cuda if available)")
+    source.add_argument(
+        "--checkpoint",
+        "--test_path",
+        dest="checkpoint",
+        help="checkpoint of a training run, or its run folder (checkpoints/best.pt, else last.pt)",
+    )
+    add_key(
+        parser,
+        "evaluation_metrics",
+        default=None,
+        help="metric names (or a [list]); none: the checkpoint's, for an embeddings file "
+        f"{' '.join(DEFAULT_METRICS)} (query -> gallery: {' '.join(QUERY_GALLERY_METRICS)})",
+    )
+    add_key(parser, "eval_backend")
+    parser.add_argument("--device", default=None, help="torch device (none: cpu; checkpoints: cuda if available)")
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads for the search")
     parser.add_argument("--output", default=None, help="write {metric: value} to this JSON file")
-    parser.add_argument("--source_path", default=None, help="dataset root (checkpoint mode)")
+    add_key(parser, "source_path", default=None, help="dataset root (checkpoint mode; none: the checkpoint's)")
     parser.add_argument("--save_embeddings", default=None, help="save the embeddings (checkpoint mode)")
     parser.add_argument(
         "--show",
@@ -57,10 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         "worst_queries.png in the folder of --output, else in the checkpoint's run folder",
     )
     reference = parser.add_argument_group("checkpoint mode, the reference eval.py's flags")
-    reference.add_argument("--dataset", help="data to evaluate on (default: the checkpoint's)")
-    reference.add_argument("--gpu", type=int, nargs="+", default=None, help="CUDA device index")
-    reference.add_argument("--batch_size", type=int, default=None, help="images per embedding batch")
-    reference.add_argument("--kernels", type=int, default=None, help="data-loader worker processes")
+    add_key(reference, "dataset", default=None, help="data to evaluate on (none: the checkpoint's)")
+    add_key(reference, "gpu", default=None, help="CUDA device index (none: the checkpoint's)")
+    add_key(
+        reference,
+        "eval_batch_size",
+        default=None,
+        flags=("--batch_size",),
+        help="images per embedding batch (none: the checkpoint's)",
+    )
+    add_key(reference, "workers", default=None, help="data-loader worker processes (none: the checkpoint's, at most 4)")
     reference.add_argument("--evaluate_on_cpu", action="store_true", help="run the neighbour search on the CPU")
     reference.add_argument("--normal", action="store_true", help="L2-normalise the embeddings (reference checkpoints)")
     reference.add_argument("--evaltypes", nargs="+", default=["embeds"], help="only 'embeds' exists")
@@ -106,7 +125,7 @@ def _evaluate_embeddings(args: argparse.Namespace, metric_names: list[str] | Non
     options = {"backend": args.eval_backend, "device": args.device, "num_threads": args.num_threads}
     if "embeddings" in arrays:
         values, info = compute_metrics(
-            arrays["embeddings"], arrays["labels"], metric_names or DEFAULT_METRICS, return_info=True, **options
+            arrays["embeddings"], arrays["labels"], metric_names or list(DEFAULT_METRICS), return_info=True, **options
         )
     else:
         values, info = compute_query_gallery_metrics(
@@ -128,9 +147,9 @@ def _show_path(args: argparse.Namespace) -> Path:
 
     if args.output:
         return Path(args.output).parent / WORST_QUERIES_FILE
-    from engine.checkpoint import resolve_checkpoint_path
+    from config.checkpoints import model_checkpoint
 
-    checkpoint = resolve_checkpoint_path(args.checkpoint).resolve()
+    checkpoint = model_checkpoint(args.checkpoint).resolve()
     folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     return folder / WORST_QUERIES_FILE
 
@@ -153,8 +172,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, metric_names: list[str] | Non
             backend=args.eval_backend,
             device=args.device or "auto",
             gpu=args.gpu,
-            batch_size=args.batch_size,
-            workers=args.kernels,
+            batch_size=args.eval_batch_size,
+            workers=args.workers,
             normalize=True if args.normal else None,
             search_on_cpu=args.evaluate_on_cpu,
             save_embeddings=save_embeddings,
@@ -233,8 +252,8 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
 
     from architectures import build_model, input_spec_for
     from config import config_from_dict
+    from config.checkpoints import model_checkpoint
     from datasets import build_datasets
-    from engine.checkpoint import resolve_checkpoint_path
     from engine.evaluation import (
         embed_splits,
         evaluate_embeddings,
@@ -245,7 +264,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     from engine.runtime import resolve_device
     from metrics import canonical_metric_name
 
-    path = resolve_checkpoint_path(request.checkpoint)
+    path = model_checkpoint(request.checkpoint)
     values, load_weights = _checkpoint_setup(request, path)
     if request.metrics:
         values["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
@@ -268,7 +287,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         evaluation_splits(splits, use_val=False),
         device=torch_device,
         batch_size=cfg.eval_batch_size,
-        workers=request.workers if request.workers is not None else min(cfg.kernels, 4),
+        workers=request.workers if request.workers is not None else min(cfg.workers, 4),
         normalize=cfg.eval_normalize,
     )
     if request.save_embeddings:
@@ -285,12 +304,12 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        from config.command_line import parse_script
+
+        args = parse_script(build_parser(), argv)
         if not args.embeddings and not args.checkpoint:
             raise UserError("eval.py: exactly one of --embeddings or --checkpoint is required")
-        from metrics.names import parse_metric_list
-
-        metric_names = parse_metric_list(args.evaluation_metrics) if args.evaluation_metrics else None
+        metric_names = args.evaluation_metrics
         if args.show < 0:
             raise UserError(f"--show: expected a number of queries >= 0, got {args.show}")
         if args.show and args.embeddings:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utilities.errors import ArgumentParser, UserError, report_user_error
+from utilities.errors import UserError, report_user_error
 
 FORMATS = ("onnx", "torchscript")
 EXTRA_FILE = "preprocessing.json"
@@ -34,13 +34,17 @@ OPSET = 18
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="export.py",
-        description="Export the embedding network of a checkpoint. Input: a float32 N x 3 x crop x crop batch, "
-        "already preprocessed (resize, centre crop, mean/std normalisation, channel order: recorded in the "
-        "file); output: N x D L2-normalised embeddings. N is dynamic.",
+    from config.command_line import script_parser
+
+    parser = script_parser(
+        "export.py",
+        "Export the embedding network of a checkpoint. Input: a float32 N x 3 x crop x crop batch, already "
+        "preprocessed (resize, centre crop, mean/std normalisation, channel order: recorded in the file); output: "
+        "N x D L2-normalised embeddings. N is dynamic.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint of this project (.pt or run folder)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint of this project, or its run folder (checkpoints/best.pt)"
+    )
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
     parser.add_argument("--output", required=True, help="file to write (.onnx / .pt)")
     return parser
@@ -118,7 +122,9 @@ def export_torchscript(model: Any, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        from config.command_line import parse_script
+
+        args = parse_script(build_parser(), argv)
         from config.checkpoints import load_model
 
         output = Path(args.output)

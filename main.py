@@ -23,7 +23,7 @@ def dry_run(cfg, check_images: bool) -> int:
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     print(json.dumps(describe(splits, cfg.dataset, cfg.samples_per_class)))
     if check_images:
-        failures = check(splits, workers=cfg.kernels)
+        failures = check(splits, workers=cfg.workers)
         for failure in failures:
             print(failure, file=sys.stderr)
         if failures:

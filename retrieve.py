@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from utilities.errors import ArgumentParser, UserError, report_user_error
+from utilities.errors import UserError, report_user_error
 
 OUTPUT_COLUMNS = ("query", "query_label", "rank", "gallery", "gallery_label", "similarity")
 PRINTED_QUERIES = 20
@@ -33,30 +33,28 @@ GRID_ROWS = 25
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="retrieve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    from config.command_line import add_key, script_parser
+
+    parser = script_parser("retrieve.py", __doc__)
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint of this project, or its run folder (checkpoints/best.pt)"
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint of this project (.pt or run folder)")
     parser.add_argument("--gallery", help="folder of images or CSV manifest to build the index from")
     parser.add_argument("--index", help="faiss index file (written with --gallery/--add, read otherwise)")
     parser.add_argument("--add", help="folder, CSV or image to append to an existing --index")
     parser.add_argument("--query", help="query image, folder of images or CSV manifest")
-    parser.add_argument("--top", type=int, default=5, help="neighbours per query (K, default 5)")
+    parser.add_argument("--top", type=int, default=5, help="neighbours per query (K)")
     parser.add_argument("--output", help="write the results to this .csv or .json file")
     parser.add_argument("--grid", help="draw queries and results to this image file (e.g. results.png)")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per embedding batch (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="image-loading worker processes (default 2)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_key(parser, "eval_batch_size", default=64, flags=("--batch_size",), help="images per embedding batch")
+    add_key(parser, "workers", default=2, help="image-loading worker processes")
+    parser.add_argument("--device", default=None, help="torch device (none: cuda if available, else cpu)")
     return parser
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise UserError(f"--top: K must be at least 1, got {args.top}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size: expected a positive integer, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers: expected 0 or more, got {args.workers}")
     if not (args.gallery or args.add or args.query):
         raise UserError("retrieve.py: nothing to do; give --gallery (build), --add (append) or --query (search)")
     if args.gallery and args.add:
@@ -90,7 +88,9 @@ def _add_images(store: Any, model: Any, images: Any, args: argparse.Namespace, w
         print(f"skipped {len(skipped)} image(s) already in the index or listed twice (first: {skipped[0]})")
     paths = [images.paths[i] for i in fresh]
     labels = [images.labels[i] for i in fresh]
-    for start, embeddings in model.iter_embed(paths, batch_size=args.batch_size, workers=args.workers, progress=what):
+    for start, embeddings in model.iter_embed(
+        paths, batch_size=args.eval_batch_size, workers=args.workers, progress=what
+    ):
         stop = start + len(embeddings)
         store.add(as_numpy(embeddings), paths[start:stop], labels[start:stop])
     return len(paths)
@@ -101,7 +101,7 @@ def _results(store: Any, model: Any, queries: Any, args: argparse.Namespace) -> 
     from engine.inference import as_numpy
 
     records: list[dict[str, Any]] = []
-    batches = model.iter_embed(queries.paths, batch_size=args.batch_size, workers=args.workers, progress="queries")
+    batches = model.iter_embed(queries.paths, batch_size=args.eval_batch_size, workers=args.workers, progress="queries")
     for start, embeddings in batches:
         sims, ids = store.search(as_numpy(embeddings), args.top)
         for offset, (row_sims, row_ids) in enumerate(zip(sims, ids)):
@@ -211,7 +211,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        run(build_parser().parse_args(argv))
+        from config.command_line import parse_script
+
+        run(parse_script(build_parser(), argv))
     except UserError as error:
         return report_user_error(error)
     return 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from architectures.backbones import SPECIAL_BACKBONES, WeightReader, build_trunk, input_spec_for
 from architectures.embedding import EmbeddingModel, pool_feature_map
+from architectures.settings import ModelSettings
 
 __all__ = [
     "EmbeddingModel",
+    "ModelSettings",
     "SPECIAL_BACKBONES",
     "WeightReader",
     "build_model",
@@ -18,9 +19,9 @@ __all__ = [
 ]
 
 
-def build_model(cfg: Any, readers: Sequence[WeightReader] = ()) -> EmbeddingModel:
-    """The embedding network of a configuration (`arch`, `pretrained`, `pretrained_path`, `pooling`,
-    `embed_dim`, `embed_norm`, `frozen_bn`); `readers` read `pretrained_path` files that `torch.load` cannot."""
+def build_model(cfg: ModelSettings, readers: Sequence[WeightReader] = ()) -> EmbeddingModel:
+    """The embedding network of the model keys (`ModelSettings`: the whole configuration is one);
+    `readers` read `pretrained_path` files that `torch.load` cannot."""
     trunk = build_trunk(cfg.arch, cfg.pretrained, cfg.pretrained_path, readers)
     return EmbeddingModel(
         trunk.module,

@@ -20,7 +20,8 @@ import torch
 
 from compat.options import translate_arch
 from compat.unpickler import RestrictedLoad
-from datasets.build import DEFAULT_SOURCE_PATH, has_query_gallery
+from datasets.build import has_query_gallery
+from datasets.settings import DEFAULT_SOURCE_PATH
 from metrics.names import REFERENCE_INSHOP_METRICS
 from utilities.errors import UserError
 

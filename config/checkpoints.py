@@ -22,8 +22,9 @@ from engine.inference import InferenceModel, default_device
 from utilities.errors import UserError
 
 
-def _checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's `checkpoints/best.pt` (else `last.pt`)."""
+def model_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a model is used from: a checkpoint file, or a run folder's `checkpoints/best.pt` (else
+    `checkpoints/last.pt`). Continuing a run reads `last.pt` instead (`engine.checkpoint.load_checkpoint`)."""
     path = Path(path)
     if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
         return path / "checkpoints" / "best.pt"
@@ -36,7 +37,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> In
     `device`: None picks the GPU when present. Anything that is not a readable checkpoint of this project
     is a `UserError` naming the file.
     """
-    file = _checkpoint_file(path)
+    file = model_checkpoint(path)
     state = load_checkpoint(file)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")

@@ -22,15 +22,14 @@ from torch import Tensor, nn
 from criteria.base import ParamGroups, ProxyLoss
 from criteria.discriminators import DISCREPANCIES, ClassDiscrepancyPredictor, DomainDiscriminator
 from criteria.mixing import (
-    MIX_MODES,
     MixSource,
     SeededBetaSource,
-    check_shift_scale,
     init_mix_weight,
     mix_positive_pairs,
     sample_proxy_mix,
 )
 from criteria.precision import float32_forward
+from criteria.settings import DADASettings, check_dada
 
 # Domain targets of the unified discriminator.
 SAMPLE_DOMAIN, MIXED_DOMAIN, PROXY_DOMAIN = 0, 1, 2
@@ -48,7 +47,8 @@ class DADACriterion(nn.Module):
     generator step; both return (loss, logs) where logs are detached scalars named as in the fixtures.
     ``mix_source`` supplies the Beta draws; replace the attribute to replay recorded draws. The base loss
     must use one proxy per class (``proxies_per_class == 1``): the proxies form DADA's third domain and the
-    class predictor's targets.
+    class predictor's targets. ``settings`` holds DADA's keys (`criteria.settings.DADASettings`, whose
+    defaults are the reference's); they are checked once, by `criteria.settings.check_dada`.
     """
 
     adversarial = True
@@ -58,65 +58,45 @@ class DADACriterion(nn.Module):
         base_loss: ProxyLoss,
         n_classes: int,
         embed_dim: int,
+        settings: DADASettings | None = None,
         *,
-        proxy_loss_weight: float = 0.0075,
-        adv_weight: float = 1.0,
-        class_ratio: float = 0.01,
-        discrepancy_weight: float = 0.5,
-        discrepancy: str = "nwd",
-        normalize_features: bool = True,
-        mix_mode: str = "random",
-        shift_scale: float = 1.0,
-        mix_alpha: float = 0.5,
-        mix_beta: float = 0.5,
-        pos_class_mix: bool = False,
         samples_per_class: int = 2,
-        domain_hidden: int = 512,
-        domain_out_bn: bool = False,
-        class_hidden1: int = 512,
-        class_hidden2: int = 128,
-        class_out_bn: bool = False,
-        dropout: float = 0.5,
-        activation: str = "relu",
         proxy_init_std: float = 0.125,
         mix_source: MixSource | None = None,
     ) -> None:
         super().__init__()
-        if discrepancy not in DISCREPANCIES:
-            raise ValueError(f"discrepancy must be one of {sorted(DISCREPANCIES)}, got {discrepancy!r}")
-        if mix_mode not in MIX_MODES:
-            raise ValueError(f"mix_mode must be one of {MIX_MODES}, got {mix_mode!r}")
-        check_shift_scale(shift_scale)
+        settings = settings if settings is not None else DADASettings()
+        check_dada(settings, samples_per_class)
         if base_loss.proxies_per_class != 1:
             raise ValueError(f"DADA needs one proxy per class, the base loss has {base_loss.proxies_per_class}")
-        if pos_class_mix and samples_per_class < 2:
-            raise ValueError(f"pos_class_mix needs samples_per_class >= 2, got {samples_per_class}")
-
-        self.proxy_loss_weight = float(proxy_loss_weight)
-        self.adv_weight = float(adv_weight)
-        self.class_ratio = float(class_ratio)
-        self.discrepancy_weight = float(discrepancy_weight)
-        self.discrepancy = discrepancy
-        self.normalize_features = bool(normalize_features)
-        self.mix_mode = mix_mode
-        self.shift_scale = float(shift_scale)
-        self.mix_alpha = float(mix_alpha)
-        self.mix_beta = float(mix_beta)
-        self.pos_class_mix = bool(pos_class_mix)
+        self.settings = settings
+        self.proxy_loss_weight = float(settings.proxy_loss_weight)
+        self.adv_weight = float(settings.adv_weight)
+        self.class_ratio = float(settings.class_ratio)
+        self.discrepancy_weight = float(settings.discrepancy_weight)
+        self.discrepancy = settings.discrepancy
+        self.normalize_features = bool(settings.normalize_features)
+        self.mix_mode = mix_mode = settings.mix_mode
+        self.shift_scale = float(settings.shift_scale)
+        self.mix_alpha = float(settings.mix_alpha)
+        self.mix_beta = float(settings.mix_beta)
+        self.pos_class_mix = bool(settings.pos_class_mix)
 
         self.base_loss = base_loss
         # Creation order (proxies, domain, classifier, mix weight) follows the reference, so a given
         # torch seed initialises the same numbers.
         self.proxies = _init_proxies(n_classes, embed_dim, proxy_init_std)
-        self.domain = DomainDiscriminator(embed_dim, domain_hidden, out_bn=domain_out_bn, activation=activation)
+        self.domain = DomainDiscriminator(
+            embed_dim, settings.domain_hidden, out_bn=settings.domain_out_bn, activation=settings.activation
+        )
         self.classifier = ClassDiscrepancyPredictor(
             embed_dim,
-            class_hidden1,
-            class_hidden2,
+            settings.class_hidden1,
+            settings.class_hidden2,
             n_classes,
-            dropout=dropout,
-            out_bn=class_out_bn,
-            activation=activation,
+            dropout=settings.dropout,
+            out_bn=settings.class_out_bn,
+            activation=settings.activation,
         )
         self.register_parameter("mix_weight", init_mix_weight(mix_mode, embed_dim))
         self.mix_source: MixSource = mix_source if mix_source is not None else SeededBetaSource(0)

@@ -18,9 +18,6 @@ from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
-DEFAULT_SOURCE_PATH = "data"
-"""The default root folder of the benchmarks (`source_path`)."""
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -31,6 +28,7 @@ class DatasetSpec:
     the root under which `<source_path>/<name>/` lives. `query_gallery(folder)` says whether its evaluation
     splits are query and gallery (In-Shop, user data that defines them); such data is evaluated query ->
     gallery and refuses clustering metrics. `prepare(root, cfg)` makes the data first (the synthetic set).
+    `check(cfg)` raises `UserError` for values of the keys only this dataset reads.
     """
 
     load: Callable[..., dict[str, SplitFiles]]
@@ -39,6 +37,12 @@ class DatasetSpec:
     keys: tuple[str, ...] = ()
     query_gallery: Callable[[Path], bool] = lambda folder: False
     prepare: Callable[[Path, Any], Path] | None = None
+    check: Callable[[Any], None] | None = None
+
+
+def _check_synthetic(cfg: Any) -> None:
+    if cfg.synthetic_classes < 4:
+        raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
 
 
 def _make_synthetic(root: Path, cfg: Any) -> Path:
@@ -53,7 +57,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "online_products": DatasetSpec(load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"),
     "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
     "synthetic": DatasetSpec(
-        load_synthetic, "the generated 'synthetic birds' benchmark: half the classes train", prepare=_make_synthetic
+        load_synthetic,
+        "the generated 'synthetic birds' benchmark: half the classes train",
+        prepare=_make_synthetic,
+        check=_check_synthetic,
     ),
     "folder": DatasetSpec(
         load_folder,

@@ -11,12 +11,14 @@ once per epoch, only after the warm-up epochs, so the schedule starts counting a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from criteria.base import Criterion, ParamGroup
+from utilities.errors import UserError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -51,21 +53,45 @@ def build_optimizers(cfg: Any, model: nn.Module, criterion: Criterion) -> dict[s
     return optimizers
 
 
-SCHEDULES: dict[str, Callable[[Any, torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]] = {
-    "step": lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma),
-    "multi": lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(
-        opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma
+@dataclass(frozen=True)
+class Schedule:
+    """One `scheduler` value: `build(cfg, optimizer)` (None: constant rates) and `check(cfg)`, which raises
+    `UserError` for values of the keys it reads that it cannot use."""
+
+    build: Callable[[Any, torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]
+    check: Callable[[Any], None] = lambda cfg: None
+
+
+def _check_step(cfg: Any) -> None:
+    if cfg.lr_step < 1:
+        raise UserError("key 'lr_step' must be at least 1 with scheduler: step")
+
+
+def _check_linear(cfg: Any) -> None:
+    if not (0.0 < cfg.lr_linear_start <= 1.0 and 0.0 <= cfg.lr_linear_end <= 1.0 and cfg.lr_linear_length >= 1):
+        raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "step": Schedule(
+        lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma), _check_step
     ),
-    "linear": lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
-        opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+    "multi": Schedule(
+        lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
     ),
-    "none": lambda cfg, opt: None,
+    "linear": Schedule(
+        lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+        ),
+        _check_linear,
+    ),
+    "none": Schedule(lambda cfg, opt: None),
 }
 """The `scheduler` values: one schedule definition, applied to every optimizer (`none`: constant rates)."""
 
 
 def _schedule(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-    return SCHEDULES[cfg.scheduler](cfg, optimizer)
+    return SCHEDULES[cfg.scheduler].build(cfg, optimizer)
 
 
 def build_schedulers(cfg: Any, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:

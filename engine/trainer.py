@@ -184,7 +184,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
         device=run.device,
         backend=cfg.eval_backend,
         batch_size=cfg.eval_batch_size,
-        workers=min(cfg.kernels, 8),
+        workers=min(cfg.workers, 8),
         precision=cfg.precision,
         normalize=cfg.eval_normalize,
         dist=run.dist,
@@ -302,7 +302,7 @@ def _train(run: Run) -> dict[str, Any]:
         num_batches=cfg.iterations_per_epoch or None,
     )
     loader, batches = build_train_loader(
-        run.splits["train"], sampler, seed=cfg.seed, workers=cfg.kernels, device=run.device, dist=run.dist
+        run.splits["train"], sampler, seed=cfg.seed, workers=cfg.workers, device=run.device, dist=run.dist
     )
     embedded: dict[str, Any] = {}
     if state.epoch == 0 and not state.history:

@@ -52,7 +52,7 @@ def test_list_values_on_the_command_line():
         ({"batch_size": True}, "key 'batch_size' expects int"),
         ({"pos_class_mix": "perhaps"}, "key 'pos_class_mix' expects true or false"),
         ({"batch_size": 91}, "must be divisible by samples_per_class"),
-        ({"shift_scale": -1.0}, "key 'shift_scale' must satisfy -1 < s <= 1"),
+        ({"shift_scale": -1.0}, "key 'shift_scale' must be in (-1, 1]; got -1.0"),
         ({"dataset": "imagenet"}, "key 'dataset' must be one of"),
         ({"augmentation": "fancy"}, "key 'augmentation' must be one of"),
         ({"epochs": 0}, "key 'epochs' must be at least 1"),
