@@ -248,7 +248,6 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     brings its architecture name and embedding size (`compat.checkpoint`). `request.report` gets
     one line saying which kind was read (and any setting the request changed).
     """
-    import torch
 
     from architectures import build_model, input_spec_for
     from config import config_from_dict
@@ -261,6 +260,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         same_item_indices,
         write_embeddings,
     )
+    from engine.forward import ForwardPolicy
     from engine.runtime import resolve_device
     from metrics import canonical_metric_name
 
@@ -277,9 +277,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     torch_device = resolve_device(request.device, cfg.gpu)
     model = build_model(cfg)
     load_weights(model)
-    model.to(torch_device)
-    if torch_device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    ForwardPolicy(torch_device, "fp32", cfg.channels_last).place_model(model)
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     embedded = embed_splits(
         model,
@@ -288,6 +286,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         device=torch_device,
         batch_size=cfg.eval_batch_size,
         workers=request.workers if request.workers is not None else min(cfg.workers, 4),
+        channels_last=cfg.channels_last,
         normalize=cfg.eval_normalize,
     )
     if request.save_embeddings:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.data import loader_generator
+from engine.forward import ForwardPolicy
 from utilities.distributed import DistInfo, broadcast_object, gather_uneven
 
 QUERY_GALLERY = ("query", "gallery")
@@ -39,10 +40,12 @@ def embed_dataset(
     batch_size: int = 128,
     workers: int = 0,
     precision: str = "fp32",
+    channels_last: bool = True,
     normalize: bool = True,
     dist: DistInfo | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Embeddings (float32, on `device`, L2-normalised if `normalize`) and labels of a whole dataset."""
+    """Embeddings (float32, on `device`, L2-normalised if `normalize`) and labels of a whole dataset, the
+    network run by the forward policy (`engine.forward`) of `precision` and `channels_last`."""
     dist = dist or DistInfo()
     loader = DataLoader(
         _shard(dataset, dist),
@@ -55,16 +58,10 @@ def embed_dataset(
     was_training = model.training
     model.eval()
     chunks, label_chunks = [], []
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision != "fp32"
-        else torch.autocast(device.type, enabled=False)
-    )
+    policy = ForwardPolicy(device, precision, channels_last)
     for images, labels, _ in loader:
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        images = policy.place_inputs(images)
+        with policy.autocast():
             embeddings = model(images).float()
         chunks.append(F.normalize(embeddings, dim=-1) if normalize else embeddings)
         label_chunks.append(torch.as_tensor(labels, device=device))
@@ -139,6 +136,7 @@ def evaluate_model(
     batch_size: int = 128,
     workers: int = 0,
     precision: str = "fp32",
+    channels_last: bool = True,
     normalize: bool = True,
     dist: DistInfo | None = None,
 ) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, np.ndarray]]]:
@@ -152,6 +150,7 @@ def evaluate_model(
         batch_size=batch_size,
         workers=workers,
         precision=precision,
+        channels_last=channels_last,
         normalize=normalize,
         dist=dist,
     )

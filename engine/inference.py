@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from engine.forward import ForwardPolicy
 from utilities.errors import UserError
 
 ImageInput = str | Path | Image.Image
@@ -92,15 +93,14 @@ class InferenceModel:
         from architectures import input_spec_for
         from datasets.transforms import build_transform
 
-        self.network = network.eval().to(device)
+        self.policy = ForwardPolicy(device, "fp32", cfg.channels_last)  # inference embeds in float32
+        self.network = self.policy.place_model(network.eval())
         self.cfg = cfg
         self.checkpoint = checkpoint
         self.device = device
         self.preprocessing = preprocessing_of(cfg)
         normalization = input_spec_for(cfg.arch)  # as `datasets.build_datasets` is given it
         self.transform = build_transform(cfg.augmentation, False, cfg.resolution, normalization, cfg.image_decoder)
-        if device.type == "cuda":
-            self.network.to(memory_format=torch.channels_last)
 
     @property
     def embed_dim(self) -> int:
@@ -113,10 +113,10 @@ class InferenceModel:
     @torch.no_grad()
     def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Embeddings (float32, L2-normalised, CPU) of an already preprocessed N x 3 x crop x crop batch."""
-        images = batch.to(self.device, dtype=torch.float32, non_blocking=True)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.network(images).float(), dim=-1).cpu()
+        images = self.policy.place_inputs(batch, torch.float32)
+        with self.policy.autocast():
+            embeddings = self.network(images).float()
+        return F.normalize(embeddings, dim=-1).cpu()
 
     def iter_embed(
         self, images: Sequence[ImageInput], *, batch_size: int = 64, workers: int = 0, progress: str | None = None

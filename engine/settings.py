@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.forward import PRECISIONS
 from engine.optim import OPTIMIZERS, SCHEDULES
-from engine.step import PRECISIONS
 from utilities.settings import setting
 
 

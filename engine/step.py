@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from engine.forward import PRECISIONS, ForwardPolicy  # noqa: F401 - PRECISIONS: the `precision` values
 from utilities.distributed import DistInfo, gather_batch
-
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""The `precision` values: the autocast dtype of the forward passes (None: plain float32)."""
 
 
 @dataclass(kw_only=True)
@@ -38,10 +36,8 @@ class StepContext:
     dist: DistInfo = field(default_factory=DistInfo)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """The forward policy's autocast (`engine.forward`)."""
+        return ForwardPolicy(self.device, self.precision).autocast()
 
 
 @dataclass

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import build_train_loader
 from engine.evaluation import evaluate_model, evaluation_splits
+from engine.forward import ForwardPolicy
 from engine.grids import WORST_QUERIES_FILE, write_worst_queries
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
@@ -124,10 +125,9 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     device = resolve_device(cfg.device, cfg.gpu, dist.local_rank if dist.enabled else None)
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
-    model = build_model(cfg, readers=(reference_trunk_weights,)).to(device)
+    policy = ForwardPolicy(device, cfg.precision, cfg.channels_last)
+    model = policy.place_model(build_model(cfg, readers=(reference_trunk_weights,)))
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     wrapped: nn.Module = model
     if dist.enabled:
         if cfg.sync_bn and not cfg.frozen_bn and device.type == "cuda":
@@ -186,6 +186,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
         batch_size=cfg.eval_batch_size,
         workers=min(cfg.workers, 8),
         precision=cfg.precision,
+        channels_last=cfg.channels_last,
         normalize=cfg.eval_normalize,
         dist=run.dist,
     )
@@ -221,9 +222,7 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
         loader, desc=f"epoch {epoch} ({phase})", leave=False, disable=not run.dist.is_main, dynamic_ncols=True
     )
     for images, labels, _ in progress:
-        images = images.to(run.device, non_blocking=True)
-        if run.device.type == "cuda" and cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = ForwardPolicy(run.device, cfg.precision, cfg.channels_last).place_inputs(images)
         labels = labels.to(run.device, non_blocking=True)
         result = train_step(ctx, images, labels, warmup=warmup, d_warmup=d_warmup)
         steps += 1
