@@ -207,24 +207,20 @@ class CheckpointEvaluation:
     report: Callable[[str], None] = print
 
 
-def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[str, Any], Callable[[nn.Module], None]]:
-    """Configuration values and a weight loader for a checkpoint of either kind; reports which kind it is."""
+def _checkpoint_model(request: CheckpointEvaluation, path: Path, changes: dict[str, Any]) -> tuple[Any, nn.Module]:
+    """The configuration and model of a checkpoint of either kind (`config.checkpoints`), with the request's
+    `changes`; reports which kind was read and any change of the data."""
     from compat.checkpoint import reference_eval_config
-    from compat.weights import load_reference_weights
-    from config.checkpoints import read_checkpoint
+    from config.checkpoints import model_from_checkpoint, model_from_reference, read_checkpoint
 
     own, reference = read_checkpoint(path)
     if own is not None:
         request.report(f"{path}: a checkpoint of this project (read with weights_only=True)")
-        values = dict(own["config"], pretrained=False)
-        trained_on = values["dataset"]
-        values.update({k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v})
+        trained_on = own.get("config", {}).get("dataset") if isinstance(own.get("config"), dict) else None
+        data = {k: v for k, v in (("dataset", request.dataset), ("source_path", request.source_path)) if v}
         if request.normalize is not None:
-            values["eval_normalize"] = request.normalize
-
-        def load(model: nn.Module) -> None:
-            model.load_state_dict(own["model"])
-
+            data["eval_normalize"] = request.normalize
+        cfg, model = model_from_checkpoint(own, path, {**data, **changes})
     else:
         request.report(reference.describe(path))
         values = reference_eval_config(reference, request.dataset, request.source_path)
@@ -232,13 +228,10 @@ def _checkpoint_setup(request: CheckpointEvaluation, path: Path) -> tuple[dict[s
         values["eval_normalize"] = bool(request.normalize)
         if request.normalize is None:
             request.report("embeddings are not L2-normalised, as in the reference's eval.py (--normal does)")
-
-        def load(model: nn.Module) -> None:
-            load_reference_weights(model, reference.state_dict, values["arch"])
-
-    if trained_on and values["dataset"] != trained_on:
-        request.report(f"evaluating on {values['dataset']} (the checkpoint was trained on {trained_on})")
-    return values, load
+        cfg, model = model_from_reference(reference, {**values, **changes}, path)
+    if trained_on and cfg.dataset != trained_on:
+        request.report(f"evaluating on {cfg.dataset} (the checkpoint was trained on {trained_on})")
+    return cfg, model
 
 
 def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
@@ -248,9 +241,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     brings its architecture name and embedding size (`compat.checkpoint`). `request.report` gets
     one line saying which kind was read (and any setting the request changed).
     """
-
-    from architectures import build_model, input_spec_for
-    from config import config_from_dict
+    from architectures import input_spec_for
     from config.checkpoints import model_checkpoint
     from datasets import build_datasets
     from engine.evaluation import (
@@ -265,18 +256,16 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     from metrics import canonical_metric_name
 
     path = model_checkpoint(request.checkpoint)
-    values, load_weights = _checkpoint_setup(request, path)
+    changes: dict[str, Any] = {}
     if request.metrics:
-        values["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
-        values["best_metric"] = values["evaluation_metrics"][0]
+        changes["evaluation_metrics"] = [canonical_metric_name(m) for m in request.metrics]
+        changes["best_metric"] = changes["evaluation_metrics"][0]
     if request.gpu is not None:
-        values["gpu"] = request.gpu
+        changes["gpu"] = request.gpu
     if request.batch_size is not None:
-        values["eval_batch_size"] = request.batch_size
-    cfg = config_from_dict(values, f"checkpoint {path}")
+        changes["eval_batch_size"] = request.batch_size
+    cfg, model = _checkpoint_model(request, path, changes)
     torch_device = resolve_device(request.device, cfg.gpu)
-    model = build_model(cfg)
-    load_weights(model)
     ForwardPolicy(torch_device, "fp32", cfg.channels_last).place_model(model)
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     embedded = embed_splits(

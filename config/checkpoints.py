@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from architectures import build_model
+from architectures import EmbeddingModel, build_model
 from compat.checkpoint import ReferenceCheckpoint, reference_checkpoint
 from compat.unpickler import load_restricted
-from compat.weights import is_reference_checkpoint
-from config.schema import config_from_dict
+from compat.weights import is_reference_checkpoint, load_reference_weights
+from config.schema import Config, config_from_dict
 from engine.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint_path
 from engine.inference import InferenceModel, default_device
 from utilities.errors import UserError
@@ -31,6 +31,35 @@ def model_checkpoint(path: str | Path) -> Path:
     return resolve_checkpoint_path(path)
 
 
+def model_from_checkpoint(
+    state: dict[str, Any], file: Path, overrides: dict[str, Any] | None = None
+) -> tuple[Config, EmbeddingModel]:
+    """The one path from a checkpoint of this project to its model: the stored configuration (with
+    `overrides`; `pretrained` off, the weights are the checkpoint's) checked and resolved as any other, the
+    network built from it and its weights loaded. Used by `load_model` and eval.py."""
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
+    cfg = config_from_dict({**state["config"], **(overrides or {}), "pretrained": False}, f"checkpoint {file}")
+    network = build_model(cfg)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
+    return cfg, network
+
+
+def model_from_reference(
+    reference: ReferenceCheckpoint, values: dict[str, Any], file: Path
+) -> tuple[Config, EmbeddingModel]:
+    """The model of a checkpoint of the reference implementation: `values` (`compat.checkpoint.
+    reference_eval_config`, with any change) checked and resolved, the network built and the reference's
+    weights loaded under this project's names (explicitly: `compat.weights.load_reference_weights`)."""
+    cfg = config_from_dict(values, f"checkpoint {file}")
+    network = build_model(cfg)
+    load_reference_weights(network, reference.state_dict, cfg.arch)
+    return cfg, network
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None) -> InferenceModel:
     """The embedding network of a checkpoint of this project (a `.pt` file or a run folder), ready to embed.
 
@@ -38,15 +67,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> In
     is a `UserError` naming the file.
     """
     file = model_checkpoint(path)
-    state = load_checkpoint(file)
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-        raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
-    cfg = config_from_dict(dict(state["config"], pretrained=False), f"checkpoint {file}")
-    network = build_model(cfg)
-    try:
-        network.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
+    cfg, network = model_from_checkpoint(load_checkpoint(file), file)
     try:
         torch_device = torch.device(device) if device is not None else default_device()
     except RuntimeError as error:
