@@ -11,7 +11,7 @@ are not in the table: they pass through. Two names exist in both with different 
 (``dadaproxy`` / ``oproxy``) and ``arch`` (``resnet50_frozen_layernorm_double``): only the reference's
 values are translated, this project's values pass through.
 
-``python -m compat.options`` prints the table as Markdown (the README's copy is checked by a test).
+``python -m compat.options`` prints the table as Markdown (docs/reference.md's copy is checked by a test).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def translate_reference(
 
 
 def markdown_table() -> str:
-    """The table for the README."""
+    """The table of docs/reference.md."""
     rows = ["| reference option | here | note |", "|---|---|---|"]
     for key, option in REFERENCE_OPTIONS.items():
         here = option.here if option.here == "—" else f"`{option.here}`"

@@ -28,7 +28,7 @@ from datasets.settings import DataSettings, check_data
 from engine.settings import OptimSettings, RunSettings, check_optimisation
 from metrics.settings import EvalSettings
 from utilities.errors import UserError
-from utilities.settings import check_field, setting
+from utilities.settings import check_field, field_choices, setting
 
 
 @dataclass
@@ -151,6 +151,22 @@ def coerce(key: str, value: Any) -> Any:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     return _coerce_scalar(value, kind, key)
+
+
+def key_table() -> str:
+    """The table of every key of docs/training.md (``python -m config`` prints it; a test checks the copy):
+    key, default and description, part by part, then the losses' keys."""
+    rows = ["| key | default | what it sets |", "|---|---|---|"]
+    for f in FIELDS.values():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        choices = field_choices(f)
+        listed = f" ({' / '.join(map(str, choices))})" if choices and f.name != "loss" else ""
+        aliases = f" (also `{'`, `'.join(f.metadata['aliases'])}`)" if f.metadata.get("aliases") else ""
+        help_text = "base proxy loss (the table below)" if f.name == "loss" else f.metadata["help"]
+        cell = str(shown).replace("|", "\\|") if shown != "" else "''"
+        rows.append(f"| `{f.name}`{aliases} | `{cell}` | {help_text.replace('|', '/')}{listed} |")
+    return "\n".join(rows)
 
 
 def validate(cfg: Config) -> Config:

@@ -60,7 +60,7 @@ def loss_help() -> str:
 
 
 def loss_table() -> str:
-    """The README's table of base losses (``tests/test_readme.py`` checks the README holds it)."""
+    """The table of base losses in docs/training.md (``tests/test_readme.py`` checks the copy)."""
     lines = ["| `loss` | what it is | its keys (default) | with `dada: true` |", "|---|---|---|---|"]
     for entry in _ENTRIES:
         keys = ", ".join(

@@ -5,7 +5,7 @@ is a family: ``recall@1``, ``recall@4``, ...), which names of the reference impl
 mean the same thing, how many neighbours the search must return, which function of `metrics.retrieval`
 scores one query (clustering metrics have none: they come from one k-means), and whether it exists for
 query -> gallery evaluation. Name parsing, `compute_metrics`, configuration validation, ``--help`` and the
-README's metric table all read it. This module imports no torch, so a bad name is reported at once.
+metric table of docs/evaluation.md all read it. This module imports no torch, so a bad name is reported at once.
 
 Adding a metric: a per-query function in ``metrics/retrieval.py`` (``f(hits, num_relevant, k)``, any subset of
 those parameters), then one entry here::
@@ -194,7 +194,7 @@ def parse_metric_list(tokens: Sequence[str] | str) -> list[str]:
 
 
 def metric_table() -> str:
-    """The README's metric table, as Markdown."""
+    """The metric table of docs/evaluation.md, as Markdown (tests/metrics checks the copy)."""
     lines = ["| metric | definition | reference name | query → gallery |", "|---|---|---|---|"]
     for spec in METRICS:
         aliases = ", ".join(f"`{alias}`" for alias in spec.aliases)

@@ -218,7 +218,7 @@ def test_wrong_checkpoints_exit_2(tmp_path: Path):
 
 @pytest.mark.slow
 def test_demo_learns(tmp_path: Path):
-    """The README's demo (about 3.5 minutes on 2 cores) improves recall@1 on unseen classes by 10+ points."""
+    """The demo (docs/training.md; about 3.5 minutes on 2 cores) improves recall@1 on unseen classes by 10+ points."""
     args = ["--config", str(REPO / "configs" / "demo.yaml"), "--source_path", str(tmp_path / "data"),
             "--save_path", str(tmp_path / "runs"), "--plots", "false"]  # fmt: skip
     assert main_module.main(args) == 0
