@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -105,3 +106,20 @@ class LossEntry:
     one_proxy_per_class: bool
     doc: str
     check: Callable[[Any], None] | None = None
+
+
+_REGISTERED: dict[str, LossEntry] = {}
+
+REGISTERED_LOSSES: Mapping[str, LossEntry] = MappingProxyType(_REGISTERED)
+"""Every registered loss, in registration order: a read-only view (`register_loss` is the only way in)."""
+
+
+def register_loss(entry: LossEntry) -> LossEntry:
+    """Register a loss (its module then needs one import line in `criteria/registry.py`); returns `entry`::
+
+    ENTRY = register_loss(LossEntry(name="my_loss", loss_class=MyLoss, ...))
+    """
+    if entry.name in _REGISTERED:
+        raise RuntimeError(f"two losses named {entry.name!r}")
+    _REGISTERED[entry.name] = entry
+    return entry

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from criteria.base import LossEntry, LossKey, ProxyLoss
+from criteria.base import LossEntry, LossKey, ProxyLoss, register_loss
 from criteria.precision import float32_forward
 from utilities.errors import UserError
 
@@ -53,18 +53,24 @@ def _check(cfg: Any) -> None:
         raise UserError(f"key 'normsoftmax_scale' must be > 0; got {cfg.normsoftmax_scale}")
 
 
-ENTRY = LossEntry(
-    name="norm_softmax",
-    loss_class=NormSoftmaxLoss,
-    build=lambda cfg: NormSoftmaxLoss(
-        cfg.normsoftmax_scale, margin=cfg.normsoftmax_margin, learn_scale=cfg.normsoftmax_learn_scale
-    ),
-    keys=(
-        LossKey("normsoftmax_scale", 20.0, "Normalized-Softmax: scale of the cosine logits (1 / temperature)"),
-        LossKey("normsoftmax_learn_scale", False, "Normalized-Softmax: learn the scale (as log scale, at proxy_lr)"),
-        LossKey("normsoftmax_margin", 0.0, "Normalized-Softmax: additive cosine margin on the true class (CosFace)"),
-    ),
-    one_proxy_per_class=True,
-    doc="Normalized-Softmax, CosFace with a margin (Zhai & Wu 2019, Wang et al. 2018)",
-    check=_check,
+ENTRY = register_loss(
+    LossEntry(
+        name="norm_softmax",
+        loss_class=NormSoftmaxLoss,
+        build=lambda cfg: NormSoftmaxLoss(
+            cfg.normsoftmax_scale, margin=cfg.normsoftmax_margin, learn_scale=cfg.normsoftmax_learn_scale
+        ),
+        keys=(
+            LossKey("normsoftmax_scale", 20.0, "Normalized-Softmax: scale of the cosine logits (1 / temperature)"),
+            LossKey(
+                "normsoftmax_learn_scale", False, "Normalized-Softmax: learn the scale (as log scale, at proxy_lr)"
+            ),
+            LossKey(
+                "normsoftmax_margin", 0.0, "Normalized-Softmax: additive cosine margin on the true class (CosFace)"
+            ),
+        ),
+        one_proxy_per_class=True,
+        doc="Normalized-Softmax, CosFace with a margin (Zhai & Wu 2019, Wang et al. 2018)",
+        check=_check,
+    )
 )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from criteria.base import LossEntry, LossKey, ProxyLoss
+from criteria.base import LossEntry, LossKey, ProxyLoss, register_loss
 from criteria.precision import float32_forward
 from utilities.errors import UserError
 
@@ -231,38 +231,46 @@ def _check_nca_temperature(cfg: Any) -> None:
         raise UserError(f"key 'nca_temperature' must be > 0; got {cfg.nca_temperature!r}")
 
 
-PROXY_ANCHOR = LossEntry(
-    name="proxy_anchor",
-    loss_class=ProxyAnchorLoss,
-    build=lambda cfg: ProxyAnchorLoss(
-        cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta, positive_mean=cfg.pa_positive_mean
-    ),
-    keys=(*_MARGIN_KEYS, PA_POSITIVE_MEAN),
-    one_proxy_per_class=True,
-    doc="Proxy-Anchor (Kim et al. 2020), the reference's proxy_dim 0",
+PROXY_ANCHOR = register_loss(
+    LossEntry(
+        name="proxy_anchor",
+        loss_class=ProxyAnchorLoss,
+        build=lambda cfg: ProxyAnchorLoss(
+            cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta, positive_mean=cfg.pa_positive_mean
+        ),
+        keys=(*_MARGIN_KEYS, PA_POSITIVE_MEAN),
+        one_proxy_per_class=True,
+        doc="Proxy-Anchor (Kim et al. 2020), the reference's proxy_dim 0",
+    )
 )
-SOFTPLUS_PROXY = LossEntry(
-    name="softplus_proxy",
-    loss_class=SoftplusProxyLoss,
-    build=lambda cfg: SoftplusProxyLoss(cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta),
-    keys=_MARGIN_KEYS,
-    one_proxy_per_class=True,
-    doc="per-sample soft-plus proxy loss, the reference's proxy_dim 1",
+SOFTPLUS_PROXY = register_loss(
+    LossEntry(
+        name="softplus_proxy",
+        loss_class=SoftplusProxyLoss,
+        build=lambda cfg: SoftplusProxyLoss(cfg.pos_alpha, cfg.neg_alpha, cfg.pos_delta, cfg.neg_delta),
+        keys=_MARGIN_KEYS,
+        one_proxy_per_class=True,
+        doc="per-sample soft-plus proxy loss, the reference's proxy_dim 1",
+    )
 )
-PROXY_NCA = LossEntry(
-    name="proxy_nca",
-    loss_class=ProxyNCALoss,
-    build=lambda cfg: ProxyNCALoss(),
-    keys=(),
-    one_proxy_per_class=True,
-    doc="ProxyNCA (Movshovitz-Attias et al. 2017)",
+PROXY_NCA = register_loss(
+    LossEntry(
+        name="proxy_nca",
+        loss_class=ProxyNCALoss,
+        build=lambda cfg: ProxyNCALoss(),
+        keys=(),
+        one_proxy_per_class=True,
+        doc="ProxyNCA (Movshovitz-Attias et al. 2017)",
+    )
 )
-PROXY_NCA_PP = LossEntry(
-    name="proxy_nca_pp",
-    loss_class=ProxyNCAPlusPlusLoss,
-    build=lambda cfg: ProxyNCAPlusPlusLoss(cfg.nca_temperature, learn_temperature=cfg.nca_learn_temperature),
-    keys=(NCA_TEMPERATURE, NCA_LEARN_TEMPERATURE),
-    one_proxy_per_class=True,
-    doc="ProxyNCA++ (Teh et al. 2020), fixed or learnt temperature",
-    check=_check_nca_temperature,
+PROXY_NCA_PP = register_loss(
+    LossEntry(
+        name="proxy_nca_pp",
+        loss_class=ProxyNCAPlusPlusLoss,
+        build=lambda cfg: ProxyNCAPlusPlusLoss(cfg.nca_temperature, learn_temperature=cfg.nca_learn_temperature),
+        keys=(NCA_TEMPERATURE, NCA_LEARN_TEMPERATURE),
+        one_proxy_per_class=True,
+        doc="ProxyNCA++ (Teh et al. 2020), fixed or learnt temperature",
+        check=_check_nca_temperature,
+    )
 )

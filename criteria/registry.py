@@ -1,18 +1,17 @@
-"""The one list of base losses: ``LOSSES`` maps a ``loss`` name to its ``LossEntry``.
+"""The one list of base losses: ``LOSSES`` maps a ``loss`` name to its ``LossEntry`` (read-only).
 
 The configuration schema takes its ``loss`` choices and help from here, ``build_criterion`` builds from
-here, and the tests run every contract over every entry. Adding a loss is one module and one line::
+here, and the tests run every contract over every entry. Adding a loss is one module and one import line::
 
     # criteria/my_loss.py
     class MyLoss(ProxyLoss):
         def forward(self, embeddings, labels, proxies): ...
 
-    ENTRY = LossEntry(name="my_loss", loss_class=MyLoss, build=lambda cfg: MyLoss(cfg.my_scale),
-                      keys=(LossKey("my_scale", 16.0, "MyLoss: logit scale"),),
-                      one_proxy_per_class=True, doc="MyLoss (Author et al. 2025)")
+    ENTRY = register_loss(LossEntry(name="my_loss", loss_class=MyLoss, build=lambda cfg: MyLoss(cfg.my_scale),
+                                    keys=(LossKey("my_scale", 16.0, "MyLoss: logit scale"),),
+                                    one_proxy_per_class=True, doc="MyLoss (Author et al. 2025)"))
 
-    # here, in _ENTRIES:
-    my_loss.ENTRY,
+    # here: my_loss joins the import line of the loss modules
 
 The entry's keys join the configuration schema (``config.schema`` adds every ``LOSS_KEYS`` key with its
 default, help and choices); docs/extending.md walks through an example.
@@ -20,22 +19,15 @@ default, help and choices); docs/extending.md walks through an example.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from criteria import norm_softmax, proxy_losses, softtriple
-from criteria.base import LossEntry, LossKey, ProxyLoss
+from criteria import norm_softmax, proxy_losses, softtriple  # noqa: F401 - importing a loss module registers it
+from criteria.base import REGISTERED_LOSSES, LossEntry, LossKey, ProxyLoss
 from utilities.errors import UserError
 
-_ENTRIES: tuple[LossEntry, ...] = (
-    proxy_losses.PROXY_ANCHOR,
-    proxy_losses.SOFTPLUS_PROXY,
-    proxy_losses.PROXY_NCA,
-    proxy_losses.PROXY_NCA_PP,
-    softtriple.ENTRY,
-    norm_softmax.ENTRY,
-)
-
-LOSSES: dict[str, LossEntry] = {entry.name: entry for entry in _ENTRIES}
+LOSSES: Mapping[str, LossEntry] = REGISTERED_LOSSES
+_ENTRIES: tuple[LossEntry, ...] = tuple(LOSSES.values())
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 PROXY_LOSSES: dict[str, type[ProxyLoss]] = {name: entry.loss_class for name, entry in LOSSES.items()}
 
@@ -51,7 +43,6 @@ def _collect_keys() -> dict[str, LossKey]:
 
 
 LOSS_KEYS: dict[str, LossKey] = _collect_keys()
-assert len(LOSSES) == len(_ENTRIES), "two losses with the same name"
 
 
 def loss_help() -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from criteria.base import LossEntry, LossKey, ParamGroup, ProxyLoss, group
+from criteria.base import LossEntry, LossKey, ParamGroup, ProxyLoss, group, register_loss
 from criteria.precision import float32_forward
 from utilities.errors import UserError
 
@@ -92,26 +92,30 @@ def _check(cfg: Any) -> None:
         raise UserError("keys 'softtriple_tau' and 'softtriple_lr' must not be negative")
 
 
-ENTRY = LossEntry(
-    name="softtriple",
-    loss_class=SoftTripleLoss,
-    build=lambda cfg: SoftTripleLoss(
-        cfg.softtriple_centers,
-        la=cfg.softtriple_la,
-        gamma=cfg.softtriple_gamma,
-        tau=cfg.softtriple_tau,
-        margin=cfg.softtriple_margin,
-        center_lr=cfg.softtriple_lr,
-    ),
-    keys=(
-        LossKey("softtriple_centers", 10, "SoftTriple: centres per class K"),
-        LossKey("softtriple_la", 20.0, "SoftTriple: scale lambda of the class logits"),
-        LossKey("softtriple_gamma", 0.1, "SoftTriple: temperature gamma of the soft maximum over a class's centres"),
-        LossKey("softtriple_tau", 0.2, "SoftTriple: weight tau of the regulariser merging a class's centres"),
-        LossKey("softtriple_margin", 0.01, "SoftTriple: margin delta on the true class"),
-        LossKey("softtriple_lr", 0.01, "SoftTriple: learning rate of the centres (instead of proxy_lr)"),
-    ),
-    one_proxy_per_class=False,
-    doc="SoftTriple (Qian et al. 2019), K centres per class; not with dada",
-    check=_check,
+ENTRY = register_loss(
+    LossEntry(
+        name="softtriple",
+        loss_class=SoftTripleLoss,
+        build=lambda cfg: SoftTripleLoss(
+            cfg.softtriple_centers,
+            la=cfg.softtriple_la,
+            gamma=cfg.softtriple_gamma,
+            tau=cfg.softtriple_tau,
+            margin=cfg.softtriple_margin,
+            center_lr=cfg.softtriple_lr,
+        ),
+        keys=(
+            LossKey("softtriple_centers", 10, "SoftTriple: centres per class K"),
+            LossKey("softtriple_la", 20.0, "SoftTriple: scale lambda of the class logits"),
+            LossKey(
+                "softtriple_gamma", 0.1, "SoftTriple: temperature gamma of the soft maximum over a class's centres"
+            ),
+            LossKey("softtriple_tau", 0.2, "SoftTriple: weight tau of the regulariser merging a class's centres"),
+            LossKey("softtriple_margin", 0.01, "SoftTriple: margin delta on the true class"),
+            LossKey("softtriple_lr", 0.01, "SoftTriple: learning rate of the centres (instead of proxy_lr)"),
+        ),
+        one_proxy_per_class=False,
+        doc="SoftTriple (Qian et al. 2019), K centres per class; not with dada",
+        check=_check,
+    )
 )

@@ -37,10 +37,11 @@ def test_help_lists_every_option_once_with_its_default(script) -> None:
     parser = PARSERS[script]()
     entries = [line.split()[0].rstrip(",") for line in parser.format_help().splitlines() if line.startswith("  -")]
     assert sorted(entries) == sorted(action.option_strings[0] for action in parser._actions if action.option_strings)
-    text = " ".join(parser.format_help().split())  # argparse wraps lines
+    text = "".join(parser.format_help().split())  # argparse wraps lines (also after hyphens)
     for action in _options(parser):
-        shown = " ".join(parser.formatter_class(script)._get_help_string(action).split())
-        assert shown in text and re.search(r"\((default: .+|required)\)$", shown), action.option_strings[0]
+        shown = parser.formatter_class(script)._get_help_string(action)
+        assert "".join(shown.split()) in text, action.option_strings[0]
+        assert re.search(r"\((default: .+|required)\)$", shown), action.option_strings[0]
 
 
 def test_main_help_shows_each_schema_default() -> None:

@@ -179,3 +179,13 @@ def test_dada_with_a_multi_centre_loss_stops_at_start(capsys, tmp_path):
 def test_impossible_loss_values_are_user_errors(overrides, key):
     with pytest.raises(UserError, match=key):
         tiny_config(**overrides)
+
+
+def test_the_registry_is_read_only_and_a_name_registers_once():
+    from criteria.base import register_loss
+    from criteria.registry import LOSSES
+
+    with pytest.raises(TypeError):
+        LOSSES["another"] = LOSSES["proxy_anchor"]  # type: ignore[index]
+    with pytest.raises(RuntimeError, match="two losses named 'proxy_anchor'"):
+        register_loss(LOSSES["proxy_anchor"])
