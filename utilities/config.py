@@ -9,7 +9,6 @@ naming the key (and the closest valid key), before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import typing
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import yaml
 
 from criteria.registry import LOSS_KEYS, LOSS_NAMES, check_loss_config, loss_help
 from utilities.errors import UserError
+from utilities.suggestions import suggest_key
 
 
 def _registry(module: str, name: str) -> Callable[[], tuple[str, ...]]:
@@ -191,9 +191,9 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Co
 
 
 def unknown_key_message(key: str, where: str, other_names: Sequence[str] = ()) -> str:
-    """'unknown key' naming the closest valid key (among the schema's and `other_names`)."""
-    close = difflib.get_close_matches(key, [*FIELDS, *other_names], n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see python main.py --help"
+    """'unknown key' naming the valid key (the schema's or one of `other_names`) it most likely means."""
+    close = suggest_key(key, [*FIELDS, *other_names])
+    hint = f"; did you mean '{close}'?" if close else "; see python main.py --help"
     return f"unknown key '{key}' in {where}{hint}"
 
 
