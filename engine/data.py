@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.base import ImageDataset
+from datasets.samplers import build_batch_sampler
+from utilities.config import Config
 from utilities.distributed import DistInfo
 from utilities.seeding import derive_seed
 
@@ -90,3 +93,22 @@ def build_train_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     return loader, batches
+
+
+def build_training_data(
+    cfg: Config, dataset: ImageDataset, device: torch.device, dist: DistInfo
+) -> tuple[DataLoader, SeededBatches]:
+    """The training loader of a run (its sampler, global batch, seeds and loader workers as `cfg` sets them):
+    what rank `dist.rank` of `dist.world_size` trains on. The trainer builds its loader here, and so does the
+    test that compares every rank's batches with one process's."""
+    sampler = build_batch_sampler(
+        cfg.data_sampler,
+        dataset.labels,
+        cfg.batch_size,
+        cfg.samples_per_class,
+        cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_batches=cfg.iterations_per_epoch or None,
+    )
+    return build_train_loader(dataset, sampler, seed=cfg.seed, workers=cfg.kernels, device=device, dist=dist)

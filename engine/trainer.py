@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.data import build_train_loader
+from engine.data import build_training_data
 from engine.evaluation import evaluate_model, evaluation_splits
 from engine.grids import WORST_QUERIES_FILE, write_worst_queries
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
@@ -286,21 +286,7 @@ def _train(run: Run) -> dict[str, Any]:
         write_yaml(cfg, folder / "config.yaml")
         print(colored(f"run folder: {folder}", "cyan"), flush=True)
     use_val = "val" in run.splits
-    from datasets import build_batch_sampler
-
-    sampler = build_batch_sampler(
-        cfg.data_sampler,
-        run.splits["train"].labels,
-        cfg.batch_size,
-        cfg.samples_per_class,
-        cfg.seed,
-        rank=run.dist.rank,
-        world_size=run.dist.world_size,
-        num_batches=cfg.iterations_per_epoch or None,
-    )
-    loader, batches = build_train_loader(
-        run.splits["train"], sampler, seed=cfg.seed, workers=cfg.kernels, device=run.device, dist=run.dist
-    )
+    loader, batches = build_training_data(cfg, run.splits["train"], run.device, run.dist)
     embedded: dict[str, Any] = {}
     if state.epoch == 0 and not state.history:
         state.initial, embedded = _evaluate(run, use_val)
