@@ -10,7 +10,8 @@ subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
 * pytorch-metric-learning's AccuracyCalculator for the same three metrics (k="max_bin_count")
 * ``eval.py`` with the full suite (recall@1/10/100/1000, map@r, map@r_legacy, map@1000, nmi, f1)
 
-and prints a markdown table (values of both implementations side by side).
+and prints a markdown table (values of both implementations side by side) with the machine's load average
+before and after (other jobs on the machine slow every run down: note it with the numbers).
 """
 
 from __future__ import annotations
@@ -86,16 +87,17 @@ def run_measured(command: list[str]) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024, out.read()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=60502)
     parser.add_argument("--classes", type=int, default=11316)
     parser.add_argument("--output", default=None, help="write the measurements as JSON")
     parser.add_argument("--skip_pml", action="store_true")
     parser.add_argument("--skip_full", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     x, y = synthetic_embeddings(args.items, args.classes)
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sop_like.npz")
@@ -142,8 +144,10 @@ def main() -> int:
                 values = json.loads(Path(out_file).read_text())
             rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
 
+    load = (load_before, os.getloadavg()[0])
     print(
-        f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, torch threads of this CPU: {os.cpu_count()}"
+        f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, CPUs: {os.cpu_count()}, "
+        f"1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f}"
     )
     print("| run | wall time (s) | peak RSS (MB) | values |")
     print("|---|---|---|---|")
@@ -153,7 +157,7 @@ def main() -> int:
     if len(rows) > 1 and rows[1]["run"].startswith("pml"):
         print(f"speed-up of eval.py over pml (3 metrics): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.output).write_text(json.dumps({"load_average": load, "runs": rows}, indent=1) + "\n")
     return 0
 
 
