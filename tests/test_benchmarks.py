@@ -241,7 +241,7 @@ def test_eval_speed_benchmark_runs_eval_py_and_reports_the_load(tmp_path, capsys
     from benchmarks import eval_speed
 
     output = tmp_path / "eval_speed.json"
-    argv = ["--items", "400", "--classes", "70", "--skip_pml", "--skip_full", "--output", str(output)]
+    argv = ["--items", "400", "--classes", "70", "--skip_pml", "--skip_full", "--searches", "--output", str(output)]
     assert eval_speed.main(argv) == 0
     report = json.loads(output.read_text())
     assert len(report["load_average"]) == 2
@@ -253,3 +253,5 @@ def test_eval_speed_benchmark_runs_eval_py_and_reports_the_load(tmp_path, capsys
     assert run["values"] == pytest.approx(compute_metrics(x, y, eval_speed.THREE), abs=0)
     table = capsys.readouterr().out
     assert "1-minute load average before / after:" in table and "| eval.py (3 metrics) |" in table
+    assert [row["run"] for row in report["searches"]] == ["search only, symmetric", "search only, per-query"]
+    assert "| search only, symmetric |" in table
