@@ -255,3 +255,15 @@ def test_eval_speed_benchmark_runs_eval_py_and_reports_the_load(tmp_path, capsys
     assert "1-minute load average before / after:" in table and "| eval.py (3 metrics) |" in table
     assert [row["run"] for row in report["searches"]] == ["search only, symmetric", "search only, per-query"]
     assert "| search only, symmetric |" in table
+
+
+def test_kmeans_speed_benchmark_reports_the_time_per_iteration(tmp_path, capsys) -> None:
+    from benchmarks import kmeans_speed
+
+    output = tmp_path / "kmeans.json"
+    argv = ["--items", "300", "--classes", "40", "--iterations", "2", "--output", str(output)]
+    assert kmeans_speed.main(argv) == 0
+    report = json.loads(output.read_text())
+    assert report["clusters"] == 40 and report["iteration_s"] >= 0 and 0 <= report["search_share"] <= 1
+    assert report["estimated_kmeans_s"] >= report["final_assignment_s"]
+    assert "k-means of 300 x 512 into 40 clusters" in capsys.readouterr().out
