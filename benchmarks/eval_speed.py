@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 THREE = ["recall@1", "r_precision", "map@r"]
 FULL_SUITE = ["recall@1", "recall@10", "recall@100", "recall@1000", "map@r", "map@r_legacy", "map@1000", "nmi", "f1"]
 
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_file = command[command.index("--output") + 1]
                 values = json.loads(Path(out_file).read_text())
             rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
+            print(f"{name}: {wall:.2f} s, {peak_mb:.0f} MB, load {os.getloadavg()[0]:.1f}", flush=True)
 
     searches = compare_searches(x, y) if args.searches else []
     load = (load_before, os.getloadavg()[0])
