@@ -191,8 +191,8 @@ def _block_bounds(size: int, block: int) -> list[tuple[int, int]]:
 
 
 def _default_block(count: int) -> int:
-    # a (block x block) score tile of 16 MB (bf16) to 64 MB (float32); a block is several times the candidate
-    # count so that the tiles' candidates merge into short lists
+    # a (block x block) score tile of 32 MB (bfloat16) or 64 MB (float32); a block is several times the
+    # candidate count so that a tile's entries merge into short lists
     return max(4096, 4 * count)
 
 
@@ -242,7 +242,7 @@ def _above(tile: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch
 
     Columns are screened in GROUP strided groups (column p, p + w, p + 2w, ...): a group's maximum is one
     vectorised pass over the tile (its layout may be transposed), and only the entries of the groups whose
-    maximum beats the floor are compared one by one.
+    maximum beats the floor are compared one by one. ``tile``: a contiguous tensor or the transpose of one.
     """
     width = tile.shape[1] // GROUP
     main = width * GROUP
