@@ -162,6 +162,11 @@ class TrainingJob:
 
         env = submitit.JobEnvironment()
         os.environ.update(_distributed_environment(env))
+        if env.num_tasks > env.num_nodes and "OMP_NUM_THREADS" not in os.environ:
+            # as torchrun does: several tasks of a machine would otherwise each start a thread per core
+            import torch
+
+            torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
         requeue = signal.getsignal(PREEMPT_SIGNAL)  # submitit's checkpoint-and-requeue handler
         sys.path.insert(0, str(REPO))
         import main

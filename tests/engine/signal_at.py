@@ -20,21 +20,21 @@ import engine.trainer  # noqa: E402
 import main  # noqa: E402
 
 
-def send_after(signum: int, iteration: int, rank: int) -> None:
-    original = engine.trainer.train_step
+def signalling(step, signum: int, iteration: int, rank: int = 0):
+    """`step` (train_step) that sends `signum` to this process after its `iteration`-th call on rank `rank`."""
     calls = {"n": 0}
 
-    def step(*args, **kwargs):
-        result = original(*args, **kwargs)
+    def wrapped(*args, **kwargs):
+        result = step(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == iteration and int(os.environ.get("RANK", "0")) == rank:
             os.kill(os.getpid(), signum)
         return result
 
-    engine.trainer.train_step = step
+    return wrapped
 
 
 if __name__ == "__main__":
     name, at, who, *arguments = sys.argv[1:]
-    send_after(signal.Signals[name], int(at), int(who))
+    engine.trainer.train_step = signalling(engine.trainer.train_step, signal.Signals[name], int(at), int(who))
     sys.exit(main.main(arguments))

@@ -7,11 +7,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
+from signal_at import signalling
 from test_training import read_rows, tiny_args, without_time
 
 import engine.trainer
@@ -45,10 +46,8 @@ def assert_same_run(folder: Path, reference: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted run, its output going to a file (as under a batch system), not a terminal."""
     tmp = tmp_path_factory.mktemp("preemption")
-    with (tmp / "console.log").open("w") as log:
-        result = subprocess.run([sys.executable, "main.py", *args(tmp, "full")], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
-    assert result.returncode == 0, (tmp / "console.log").read_text()[-3000:]
+    with (tmp / "console.log").open("w") as log, redirect_stdout(log), redirect_stderr(log):
+        assert main_module.main(args(tmp, "full")) == 0
     return tmp
 
 
@@ -80,23 +79,23 @@ def test_seeded_batches_skip_the_consumed_batches_without_reading_them():
     assert len(batches) == 6
 
 
-@pytest.mark.parametrize(
-    ("name", "workers", "resume"),
-    [("SIGUSR1", 0, "folder"), ("SIGTERM", 2, "auto")],
-)
+@pytest.mark.parametrize(("name", "workers", "resume"), [("SIGUSR1", 0, "folder"), ("SIGTERM", 2, "auto")])
 def test_a_signal_mid_epoch_saves_the_position_and_the_resumed_run_is_identical(
-    reference: Path, name: str, workers: int, resume: str
+    reference: Path, monkeypatch, capsys, name: str, workers: int, resume: str
 ):
     run_name = f"stopped_{name.lower()}"
     extra = ("--kernels", str(workers), *(("--resume", "auto") if resume == "auto" else ()))
-    command = [sys.executable, "tests/engine/signal_at.py", name, str(STOP_AT), "0", *args(reference, run_name, *extra)]
-    stopped = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     signum = signal.Signals[name]
-    assert stopped.returncode == exit_code(signum) == 128 + signum, stopped.stderr[-3000:]
+    handler = signal.getsignal(signum)
+    monkeypatch.setattr(engine.trainer, "train_step", signalling(engine.trainer.train_step, signum, STOP_AT))
+    assert main_module.main(args(reference, run_name, *extra)) == exit_code(signum) == 128 + signum
+    monkeypatch.undo()
+    assert signal.getsignal(signum) == handler  # the trainer put the previous handler back
     folder = reference / "runs" / "synthetic" / run_name
+    err = capsys.readouterr().err
     continue_hint = "the same command" if resume == "auto" else f"python main.py --resume {folder}"
-    assert f"stopped by {name} in epoch 1 after iteration 4/8" in stopped.stderr
-    assert stopped.stderr.strip().splitlines()[-1].endswith(f"continue with {continue_hint}")
+    assert f"stopped by {name} in epoch 1 after iteration 4/8" in err
+    assert err.strip().splitlines()[-1].endswith(f"continue with {continue_hint}")
     saved = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["in_epoch"]["steps"] == 4
 
@@ -110,24 +109,24 @@ def test_a_signal_mid_epoch_saves_the_position_and_the_resumed_run_is_identical(
 
 
 def test_timed_checkpoints_let_a_crashed_run_lose_at_most_the_interval(reference: Path, monkeypatch):
-    """checkpoint_minutes (here about every iteration) saves the position; a crash in the middle of an epoch
+    """checkpoint_minutes (here: after every iteration) saves the position; a crash in the middle of an epoch
     (standing in for SIGKILL) resumes from the last one and ends exactly as the uninterrupted run."""
     original, calls = engine.trainer.train_step, {"n": 0}
 
-    def crash_in_epoch_1(*a, **k):
+    def crash_at_the_fourth_iteration(*a, **k):
         calls["n"] += 1
-        if calls["n"] == STOP_AT + 2:
+        if calls["n"] == 4:
             raise RuntimeError("simulated node failure")
         return original(*a, **k)
 
-    monkeypatch.setattr(engine.trainer, "train_step", crash_in_epoch_1)
+    monkeypatch.setattr(engine.trainer, "train_step", crash_at_the_fourth_iteration)
     with pytest.raises(RuntimeError, match="simulated node failure"):
         main_module.main(args(reference, "crashed", "--checkpoint_minutes", "1e-9"))
     monkeypatch.setattr(engine.trainer, "train_step", original)
     folder = reference / "runs" / "synthetic" / "crashed"
     saved = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
-    assert (saved["epoch"], saved["in_epoch"]["steps"]) == (1, 5)
-    assert main_module.main(["--resume", str(folder)]) == 0
+    assert (saved["epoch"], saved["in_epoch"]["steps"]) == (0, 3)
+    assert main_module.main(["--resume", str(folder), "--checkpoint_minutes", "0"]) == 0
     assert_same_run(folder, reference / "runs" / "synthetic" / "full")
 
 
