@@ -24,20 +24,26 @@ from utilities.seeding import derive_seed
 
 
 class SeededBatches:
-    """Wraps a batch sampler: yields `(index, sample_seed)` pairs instead of indices."""
+    """Wraps a batch sampler: yields `(index, sample_seed)` pairs instead of indices.
+
+    `set_epoch(epoch, start)` skips the epoch's first `start` batches (a run resumed inside an epoch): they are
+    skipped here, as lists of indices, so none of their images is read or decoded.
+    """
 
     def __init__(self, sampler: Any, seed: int, rank: int = 0) -> None:
-        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+        self.sampler, self.seed, self.rank, self.epoch, self.start = sampler, seed, rank, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.start, 0)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for number, batch in enumerate(self.sampler):
+            if number < self.start:
+                continue
             offset = self.rank * len(batch)
             yield [
                 (int(index), derive_seed(self.seed, self.epoch, number, offset + position))

@@ -79,11 +79,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         "accepted too; each translated option is reported on one line (python -m compat.options lists them).",
     )
     parser.add_argument("--config", help="YAML file of settings (command-line keys win over it)")
-    parser.add_argument("--resume", help="continue a run: a checkpoint file or a run folder")
+    parser.add_argument(
+        "--resume",
+        help="continue a run: a checkpoint file or a run folder; auto: continue <save_path>/<dataset>/<save_name> "
+        "if it has checkpoints/last.pt, else start it there",
+    )
     parser.add_argument("--dry_run", action="store_true", help="check config and data, print a summary, exit")
     parser.add_argument("--check_images", action="store_true", help="with --dry_run: decode every image")
     group = parser.add_argument_group("settings (YAML keys; any can be given as --key value)")
     for name, f in FIELDS.items():
+        if name == "resume":  # the key's values are a subset of the run option --resume above
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         nargs = "+" if typing.get_origin(KEY_TYPES[name]) is list else None
         group.add_argument(

@@ -73,6 +73,15 @@ class _CoreConfig:
         False, "SyncBatchNorm for trainable backbone BatchNorm under torchrun on CUDA (CPU ranks keep their own)"
     )
     max_nonfinite: int = _key(20, "stop the run after this many consecutive non-finite losses")
+    checkpoint_minutes: float = _key(
+        30.0, "also save the position inside an epoch every this many minutes (0: only at epoch ends and on signals)"
+    )
+    resume: str = _key(
+        "",
+        "auto: continue <save_path>/<dataset>/<save_name> when its checkpoints/last.pt exists, else start it there "
+        "(--resume also takes a checkpoint or run folder)",
+        ("", "auto"),
+    )
 
     # --- data ----------------------------------------------------------------------------------------
     augmentation: str = _key("base", "training augmentation", _registry("datasets.transforms", "AUGMENTATIONS"))
@@ -289,10 +298,13 @@ def validate(cfg: Config) -> Config:
         "disc_decay",
         "proxy_init_std",
         "lr_step",
+        "checkpoint_minutes",
     )
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise UserError(f"key '{name}' must not be negative; got {getattr(cfg, name)}")
+    if cfg.resume == "auto" and not cfg.save_name:
+        raise UserError("resume: auto needs an explicit save_name (the run folder it continues or starts)")
     if cfg.batch_size % cfg.samples_per_class:
         raise UserError(
             f"key 'batch_size' ({cfg.batch_size}) must be divisible by samples_per_class ({cfg.samples_per_class})"
