@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
     run.state = RunState(epoch=checkpoint["epoch"], **stored)
 
 
-def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None) -> Run:
+def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None, folder: Path | None = None) -> Run:
     from architectures import build_model, input_spec_for
     from criteria import build_criterion
     from datasets import build_datasets
@@ -165,6 +166,9 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
         _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
         run.folder = Path(resume).resolve()
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
+    elif dist.is_main and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        run.folder = folder.resolve()
     elif dist.is_main:
         run.folder = new_run_folder(cfg.save_path, cfg.dataset, cfg.save_name)
     run.folder = Path(broadcast_object(str(run.folder), dist))
@@ -266,17 +270,32 @@ def _print_epoch(epoch: int, row: dict[str, Any], metrics: dict[str, float], imp
     print(colored(f"[epoch {epoch}]", "cyan"), f"{row['time']:.1f}s", losses, "|", shown + star, flush=True)
 
 
-def train(cfg: Config, resume: str | None = None, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+EvaluationHook = Callable[[int, dict[str, float]], None]
+
+
+def train(
+    cfg: Config,
+    resume: str | None = None,
+    resume_state: dict[str, Any] | None = None,
+    *,
+    folder: Path | None = None,
+    on_evaluation: EvaluationHook | None = None,
+) -> dict[str, Any]:
     """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
-    loaded as `resume_state`); returns the summary."""
-    run = _build_run(cfg, resume, resume_state)
+    loaded as `resume_state`); returns the summary.
+
+    `folder`: the run folder of a new run (default: a new `<save_path>/<dataset>/<save_name>`).
+    `on_evaluation(epoch, metrics)`: called on rank 0 after each epoch's evaluation, once its files are written
+    (the metrics of the validation split where there is one); an exception it raises ends the run there.
+    """
+    run = _build_run(cfg, resume, resume_state, folder)
     try:
-        return _train(run)
+        return _train(run, on_evaluation)
     finally:
         shutdown_distributed()
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     cfg, state = run.cfg, run.state
     main = run.dist.is_main
     folder = run.folder
@@ -339,6 +358,8 @@ def _train(run: Run) -> dict[str, Any]:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
             _print_epoch(epoch, row, metrics, improved)
+            if on_evaluation is not None and metrics:
+                on_evaluation(epoch, metrics)
         barrier(run.dist)
     summary = _summary(run)
     if use_val and state.best_epoch >= 0:
