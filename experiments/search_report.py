@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import optuna
@@ -24,7 +25,7 @@ def write_search_outputs(sweep, out: Path) -> list[str]:
         lines.append(f"Best parameters ({sweep.runs.user_attrs.get('best_trial')}), re-run over the seeds above: "
                      + ", ".join(f"`{k}={v}`" for k, v in best.items()))  # fmt: skip
     if len(complete) < 2:
-        return lines
+        return ["\n".join(lines)]
     try:
         importances = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as exc:
@@ -42,8 +43,9 @@ def write_search_outputs(sweep, out: Path) -> list[str]:
         lines += ["", "| parameter | importance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in importances.items()]
     _plot_history(study, out / "search_history.png")
-    lines += ["", "Optimisation history: search_history.png; importances: search_importances.csv."]
-    return lines
+    written = "; importances: search_importances.csv" if importances else ""
+    lines += ["", f"Optimisation history: search_history.png{written}."]
+    return ["\n".join(lines)]
 
 
 def _plot_history(study: optuna.Study, path: Path) -> None:
@@ -53,7 +55,9 @@ def _plot_history(study: optuna.Study, path: Path) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    ax = plot_optimization_history(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
     fig = ax.figure
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
