@@ -44,13 +44,18 @@ def row_of(trial: FrozenTrial, keys: list[str], search: bool) -> dict[str, Any]:
 
 
 def collect_rows(spec: SweepSpec, sweep) -> list[dict[str, Any]]:
-    """The latest trial of every run: the seed runs first, then the search trials."""
+    """The latest trial of every run: the seed runs in the order of the settings and seeds, then the search trials
+    in their order (a run taken over or retried keeps its place)."""
     from experiments.worker import latest_trials
 
     keys = report_keys(spec)
-    rows = [row_of(t, keys, search=False) for t in latest_trials(sweep.runs)]
+    names, _ = report_settings(spec)
+    runs = [row_of(t, keys, search=False) for t in latest_trials(sweep.runs)]
+    rows = sorted(runs, key=lambda r: (names.index(r["setting"]) if r["setting"] in names else len(names), r["seed"]))
     if sweep.search is not None:
-        rows += [row_of(t, keys, search=True) for t in latest_trials(sweep.search)]
+        trials = latest_trials(sweep.search)
+        trials.sort(key=lambda t: int(str(t.user_attrs.get("setting", "trial0"))[len("trial") :] or 0))
+        rows += [row_of(t, keys, search=True) for t in trials]
     return rows
 
 
