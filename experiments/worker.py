@@ -172,6 +172,15 @@ class Sweep:
             beat = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         return time.time() - float(beat) > self.spec.grace
 
+    def all_enqueued(self) -> bool:
+        """Whether every run of the sweep is in the storage (another worker may be enqueueing them right now)."""
+        runs = {t.user_attrs.get("folder") for t in self.runs.get_trials(deepcopy=False)}
+        if self.search is None:
+            return len(runs) >= len(settings(self.spec.grid)) * len(self.spec.seeds)
+        if len(self.search.get_trials(deepcopy=False)) < self.spec.trials:
+            return False
+        return len(runs) >= len(self.spec.seeds) or "error" in self.runs.user_attrs
+
     def any_running(self) -> bool:
         return any(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for study, _ in self.studies())
 
@@ -307,7 +316,7 @@ def run_worker(spec: SweepSpec, index: int = 0, cuda_device: str | None = None) 
             write_outputs(spec, sweep)
         elif sweep.enqueue_final() or sweep.take_over_lost():
             continue
-        elif sweep.any_running():
+        elif sweep.any_running() or not sweep.all_enqueued():
             time.sleep(POLL_SECONDS)
         else:
             return failures
