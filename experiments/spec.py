@@ -39,7 +39,7 @@ class SweepSpec:
     storage: str | None = None  # None: the journal file in `out`
     study: str = ""  # the prefix of the study names; default: the name of `out`
     heartbeat: float = 10.0
-    grace: float = 60.0
+    grace: float = 120.0
     threads: int | None = None
 
     @property

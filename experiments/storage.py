@@ -41,7 +41,7 @@ def open_storage(out: str, url: str | None) -> BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        return optuna.storages.RDBStorage(with_driver(url), heartbeat_interval=None)
     except Exception as exc:  # noqa: BLE001 - driver, network, authentication, bad URL: one line for the user
         lines = [line for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
@@ -49,6 +49,14 @@ def open_storage(out: str, url: str | None) -> BaseStorage:
         if password:
             reason = reason.replace(password, "***")
         raise UserError(f"--storage {redact(url)} cannot be opened: {reason[:300]}") from None
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://` with the driver of requirements.txt (psycopg 3), whatever SQLAlchemy's default is."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
 
 
 def _password(url: str) -> str | None:
