@@ -141,3 +141,26 @@ def test_search_prunes_then_runs_the_best_over_the_seeds(grid_sweep: Path, tmp_p
     assert {r["parameter"] for r in importances} == {"lr", "embed_dim"}
     assert (out / "search_history.png").is_file()
     assert "| best | recall@1 | 2 |" in (out / "report.md").read_text()
+
+
+def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it_once(grid_sweep: Path, tmp_path, capsys):
+    out = tmp_path / "out"
+    # an image size the configuration accepts but the synthetic benchmark refuses when the run builds its data
+    argv = ["--out", str(out), "--grid", "synthetic_image_size=8,32", "--threads", "1", "--jobs", "1",
+            *tiny_keys(grid_sweep / "data", epochs=1)]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert sweep.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "1 run(s) failed" in err and "synthetic_image_size" in err
+        rows = read_csv(out / "results.csv")
+        assert [r["status"] for r in rows] == ["failed", "done"]
+        assert "synthetic_image_size: expected an integer >= 16" in rows[0]["error"] and rows[1]["error"] == ""
+        assert sweep.main(argv) == 1  # the same command: the failed run once more, the done one skipped
+    finally:
+        torch.set_num_threads(threads)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="out.runs", storage=storage).get_trials()
+    assert (
+        sorted(t.user_attrs["setting"] for t in trials) == ["synthetic_image_size=32"] + ["synthetic_image_size=8"] * 2
+    )
