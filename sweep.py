@@ -19,13 +19,15 @@ from collections.abc import Sequence
 from utilities.errors import UserError, report_user_error
 
 
-def launch(spec, jobs: int) -> None:
-    """`jobs` workers: this process for one, else spawned processes (each pinned to one CUDA device if any)."""
+def launch(spec, jobs: int) -> int:
+    """`jobs` workers: this process for one, else spawned processes (each pinned to one CUDA device if any).
+
+    Returns how many worker processes ended abnormally (their runs are taken over by the next command)."""
     from experiments.worker import run_worker
 
     if jobs == 1:
         run_worker(spec, 0)
-        return
+        return 0
     import multiprocessing
 
     import torch
@@ -39,6 +41,7 @@ def launch(spec, jobs: int) -> None:
         process.start()
     for process in processes:
         process.join()
+    return sum(process.exitcode != 0 for process in processes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,19 +72,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         return report_user_error(exc)
     try:
-        launch(spec, jobs)
+        crashed = launch(spec, jobs)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
         return 130
     rows = write_outputs(spec, sweep)
     failed = [row for row in rows if row["status"] == "failed"]
     print(f"sweep: {sum(r['status'] == 'done' for r in rows)} runs done; report: {spec.out}/report.md")
+    if crashed:
+        print(
+            f"sweep: {crashed} worker process(es) ended abnormally; run the same command to continue", file=sys.stderr
+        )
     if failed:
         print(f"sweep: {len(failed)} run(s) failed:", file=sys.stderr)
         for row in failed:
             print(f"  {row['setting']} seed {row['seed']}: {row['error']}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed or crashed else 0
 
 
 if __name__ == "__main__":

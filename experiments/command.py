@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,7 @@ PRUNERS = ("median", "hyperband", "none")
 def build_parser(description: str) -> ArgumentParser:
     parser = ArgumentParser(
         description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         epilog="Every other --key value is a main.py key (python main.py --help) and applies to every run.",
     )
