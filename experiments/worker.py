@@ -165,11 +165,11 @@ class Sweep:
 
     def is_lost(self, trial: FrozenTrial) -> bool:
         host, _, pid = str(trial.user_attrs.get(ATTR_WORKER, "")).rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            # a trial of this very process is not running (this process is looking): an earlier process of the
-            # same id (restarted containers reuse ids) left it
-            if int(pid) == os.getpid() or not _alive(int(pid)):
-                return True
+        # on this host: a dead process, or this very process (which is not running it, since it is looking: an
+        # earlier process of the same id, as restarted containers reuse ids, left it)
+        local = host == socket.gethostname() and pid.isdigit()
+        if local and (int(pid) == os.getpid() or not _alive(int(pid))):
+            return True
         beat = trial.user_attrs.get(ATTR_HEARTBEAT)
         if beat is None:
             beat = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
