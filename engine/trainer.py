@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
     elif dist.is_main and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        run.folder = folder
+        run.folder = folder.resolve()
     elif dist.is_main:
         run.folder = new_run_folder(cfg.save_path, cfg.dataset, cfg.save_name)
     run.folder = Path(broadcast_object(str(run.folder), dist))
@@ -353,15 +354,23 @@ def _print_epoch(epoch: int, row: dict[str, Any], metrics: dict[str, float], imp
     print(colored(f"[epoch {epoch}]", "cyan"), f"{row['time']:.1f}s", losses, "|", shown + star, flush=True)
 
 
+EvaluationHook = Callable[[int, dict[str, float]], None]
+
+
 def train(
     cfg: Config,
     resume: str | None = None,
     resume_state: dict[str, Any] | None = None,
+    *,
     folder: Path | None = None,
+    on_evaluation: EvaluationHook | None = None,
 ) -> dict[str, Any]:
     """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
-    loaded as `resume_state`); returns the summary. `folder`: the run folder of a new run (created if missing;
-    default: a new `<save_path>/<dataset>/<save_name>[_N]`).
+    loaded as `resume_state`); returns the summary.
+
+    `folder`: the run folder of a new run (created if missing; default: a new `<save_path>/<dataset>/<save_name>[_N]`).
+    `on_evaluation(epoch, metrics)`: called on rank 0 after each epoch's evaluation, once its files are written
+    (the metrics of the validation split where there is one); an exception it raises ends the run there.
 
     SIGTERM, SIGUSR1 and SIGINT stop every rank at the same iteration, after the position inside the epoch is
     saved in `checkpoints/last.pt` (`engine.interrupts.TrainingStopped` is raised); `checkpoint_minutes`
@@ -371,7 +380,7 @@ def train(
     run.stopper = StopControl(cfg.checkpoint_minutes, run.device)
     run.stopper.install()
     try:
-        return _train(run)
+        return _train(run, on_evaluation)
     finally:
         run.stopper.restore()
         if run.dist.is_main:
@@ -379,7 +388,7 @@ def train(
         shutdown_distributed()
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     cfg, state = run.cfg, run.state
     main = run.dist.is_main
     folder = run.folder
@@ -433,6 +442,8 @@ def _train(run: Run) -> dict[str, Any]:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
             _print_epoch(epoch, row, metrics, improved)
+            if on_evaluation is not None and metrics:
+                on_evaluation(epoch, metrics)
         barrier(run.dist)
     summary = _summary(run)
     if use_val and state.best_epoch >= 0:
