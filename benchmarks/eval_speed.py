@@ -9,8 +9,11 @@ subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
 * ``python eval.py --embeddings FILE --evaluation_metrics recall@1 r_precision map@r``
 * pytorch-metric-learning's AccuracyCalculator for the same three metrics (k="max_bin_count")
 * ``eval.py`` with the full suite (recall@1/10/100/1000, map@r, map@r_legacy, map@1000, nmi, f1)
+* with ``--searches``: the exact kNN search of the three metrics alone (k = largest class - 1), in this
+  process, symmetric (each pair of the score matrix once, the default) against per-query, same neighbours
 
-and prints a markdown table (values of both implementations side by side).
+and prints a markdown table (values of both implementations side by side) with the machine's load average
+before and after (other jobs on the machine slow every run down: note it with the numbers).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 THREE = ["recall@1", "r_precision", "map@r"]
 FULL_SUITE = ["recall@1", "recall@10", "recall@100", "recall@1000", "map@r", "map@r_legacy", "map@1000", "nmi", "f1"]
 
@@ -86,16 +91,46 @@ def run_measured(command: list[str]) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024, out.read()
 
 
-def main() -> int:
+def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
+    """Wall time of the self-retrieval search of recall@1, r_precision and map@r, symmetric and per-query."""
+    import torch
+
+    from metrics.compute import resolve_backend
+    from metrics.knn import KnnStats, iter_knn
+
+    embeddings, labels = torch.from_numpy(x), torch.from_numpy(y)
+    k = int(np.bincount(y).max()) - 1
+    _, dtype = resolve_backend("torch", torch.device("cpu"))
+    rows, hits = [], []
+    for symmetric in (True, False):
+        stats = KnnStats()
+        start = time.perf_counter()
+        found = iter_knn(
+            embeddings, embeddings, k, exclude_self=True, backend="torch", device=torch.device("cpu"),
+            candidate_dtype=dtype, stats=stats, query_labels=labels, gallery_labels=labels, symmetric=symmetric,
+        )  # fmt: skip
+        hits.append(
+            torch.cat([labels[indices] == labels[first : first + len(indices), None] for first, indices in found])
+        )
+        name = "symmetric" if symmetric else "per-query"
+        rows.append({"run": f"search only, {name}", "wall_s": round(time.perf_counter() - start, 2), **vars(stats)})
+    if not torch.equal(hits[0], hits[1]):
+        raise RuntimeError("the symmetric and the per-query search found different neighbours")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=60502)
     parser.add_argument("--classes", type=int, default=11316)
     parser.add_argument("--output", default=None, help="write the measurements as JSON")
     parser.add_argument("--skip_pml", action="store_true")
     parser.add_argument("--skip_full", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--searches", action="store_true", help="also time the two searches in this process")
+    args = parser.parse_args(argv)
 
     x, y = synthetic_embeddings(args.items, args.classes)
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sop_like.npz")
@@ -141,19 +176,27 @@ def main() -> int:
                 out_file = command[command.index("--output") + 1]
                 values = json.loads(Path(out_file).read_text())
             rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
+            print(f"{name}: {wall:.2f} s, {peak_mb:.0f} MB, load {os.getloadavg()[0]:.1f}", flush=True)
 
+    searches = compare_searches(x, y) if args.searches else []
+    load = (load_before, os.getloadavg()[0])
     print(
-        f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, torch threads of this CPU: {os.cpu_count()}"
+        f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, CPUs: {os.cpu_count()}, "
+        f"1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f}"
     )
     print("| run | wall time (s) | peak RSS (MB) | values |")
     print("|---|---|---|---|")
     for row in rows:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in row["values"].items())
         print(f"| {row['run']} | {row['wall_s']:.2f} | {row['peak_rss_mb']} | {shown} |")
+    for row in searches:
+        print(f"| {row['run']} | {row['wall_s']:.2f} | | same neighbours |")
     if len(rows) > 1 and rows[1]["run"].startswith("pml"):
         print(f"speed-up of eval.py over pml (3 metrics): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
     if args.output:
-        Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.output).write_text(
+            json.dumps({"load_average": load, "runs": rows, "searches": searches}, indent=1) + "\n"
+        )
     return 0
 
 

@@ -208,13 +208,19 @@ def build_parser(
         "accepted too; each translated option is reported on one line (python -m compat.options lists them).",
     )
     parser.add_argument("--config", help="YAML file of settings (command-line keys win over it)")
-    parser.add_argument("--resume", help="continue a run: a checkpoint file or a run folder (its checkpoints/last.pt)")
+    parser.add_argument(
+        "--resume",
+        help="continue a run: a checkpoint file or a run folder (its checkpoints/last.pt); auto: continue "
+        "<save_path>/<dataset>/<save_name> if it has checkpoints/last.pt, else start it there",
+    )
     parser.add_argument("--dry_run", action="store_true", help="check config and data, print a summary, exit")
     parser.add_argument("--check_images", action="store_true", help="with --dry_run: decode every image")
     if extra is not None:
         extra(parser)
     group = parser.add_argument_group("settings (YAML keys; any can be given as --key value)")
     for name in FIELDS:
+        if f"--{name}" in RUN_OPTIONS:  # the key `resume`: its values are a subset of the run option --resume
+            continue
         group.add_argument(
             f"--{name}",
             *(f"--{alias}" for alias in _aliases(name)),
@@ -261,7 +267,7 @@ def parse_command_line(
 
 
 def _is_key_option(option: str) -> bool:
-    return option.startswith("--") and is_key(option[2:])
+    return option.startswith("--") and is_key(option[2:]) and option not in RUN_OPTIONS
 
 
 def _separate(tokens: list[str], own_options: Sequence[str], takes_value: set[str]) -> tuple[list[str], list[str]]:

@@ -11,7 +11,6 @@ naming the key (and the closest valid key), before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from config.resolve import resolve
 from criteria.registry import LOSS_KEYS
 from criteria.settings import CriterionSettings, DADASettings, check_criterion
 from datasets.settings import DataSettings, check_data
-from engine.settings import OptimSettings, RunSettings, check_optimisation
+from engine.settings import OptimSettings, RunSettings, check_optimisation, check_run
 from metrics.settings import EvalSettings
 from utilities.errors import UserError
 from utilities.settings import check_field, field_choices, setting
+from utilities.suggestions import suggest_key
 
 
 @dataclass
@@ -49,7 +49,7 @@ class _CoreConfig(
 
 PARTS: tuple[tuple[type, Callable[[Any], None] | None], ...] = (
     (DataSettings, check_data),
-    (RunSettings, None),
+    (RunSettings, check_run),
     (ModelSettings, None),
     (CriterionSettings, check_criterion),
     (DADASettings, None),  # checked by check_criterion when dada is on
@@ -101,8 +101,8 @@ def unknown_key_message(
     on any script's command line or in a stored configuration. The candidates are the schema's keys and
     `other_names`, or exactly `valid` (a script's own options)."""
     candidates = list(valid) if valid is not None else [*FIELDS, *KEY_ALIASES, *other_names]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see --help"
+    close = suggest_key(key, candidates)
+    hint = f"; did you mean '{close}'?" if close else "; see --help"
     return f"unknown key '{key}' in {where}{hint}"
 
 

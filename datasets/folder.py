@@ -12,18 +12,18 @@ Accepted layouts, recognised by the sub-folders of `DIR`:
 A class folder holds images at any depth (`DIR/train/cat/2024/a.png` belongs to class `cat`). An image is a
 file whose suffix, in any case, is one of `IMAGE_EXTENSIONS`; other files are ignored, and so are hidden files
 and folders (names starting with '.', among them the macOS `._` forks) and `__MACOSX` folders. Images are
-sorted by their path inside the class folder. Labels are 0..K-1 in sorted class-name order per split; query
-and gallery share one indexing.
+sorted by their path inside the class folder. Symbolic links to folders and files, at any depth (`DIR`
+itself, the class folders), are followed as `datasets.walk` describes; a link cycle is an error naming it.
+Labels are 0..K-1 in sorted class-name order per split; query and gallery share one indexing.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from datasets.base import SplitFiles, relabel
-from datasets.layout import IMAGE_EXTENSIONS
+from datasets.walk import IMAGE_EXTENSIONS, has_image_suffix, images_below, list_folder
 from utilities.errors import UserError
 
 SPLIT_LAYOUTS = {
@@ -44,26 +44,17 @@ def is_skipped(name: str) -> bool:
 
 def is_image(name: str) -> bool:
     """A visible file name with an image suffix, in any case."""
-    return not is_skipped(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_skipped(name) and has_image_suffix(name)
 
 
 def visible_entries(folder: Path) -> tuple[list[str], list[str]]:
-    """Sorted names of the visible sub-folders and of the image files directly inside `folder`."""
-    with os.scandir(folder) as entries:
-        visible = [entry for entry in entries if not is_skipped(entry.name)]
-    folders = sorted(entry.name for entry in visible if entry.is_dir())
-    images = sorted(entry.name for entry in visible if entry.is_file() and is_image(entry.name))
-    return folders, images
+    """Sorted names of the visible sub-folders and of the image files directly inside `folder`, links followed."""
+    return list_folder(folder, is_skipped)
 
 
 def class_images(class_dir: Path) -> list[str]:
-    """Paths of every image inside `class_dir`, at any depth, sorted by their path inside it."""
-    found: list[str] = []
-    for parent, folders, files in os.walk(class_dir):
-        folders[:] = [name for name in folders if not is_skipped(name)]
-        relative = Path(parent).relative_to(class_dir)
-        found.extend((relative / name).as_posix() for name in files if is_image(name))
-    return [str(class_dir / name) for name in sorted(found)]
+    """Paths of every image inside `class_dir`, at any depth, sorted by their path inside it, links followed."""
+    return [str(class_dir / name) for name in images_below(class_dir, is_skipped)]
 
 
 def read_classes(split_dir: Path) -> dict[str, list[str]]:

@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmark loaders: listing class folders and image files, checking files.
+"""Small helpers shared by the benchmark loaders: listing class folders and image files (through
+`datasets.walk`, links followed), checking files.
 
 Every failure is a `UserError` whose message names the dataset and the folder or file that was expected.
 """
@@ -9,13 +10,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from datasets.walk import list_folder
 from utilities.errors import UserError
-
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".pcx", ".sgi",
-)  # fmt: skip
-"""File suffixes (compared in lower case) read as images: formats Pillow decodes without extra plugins."""
 
 
 def is_hidden_fork(name: str) -> bool:
@@ -23,25 +19,19 @@ def is_hidden_fork(name: str) -> bool:
     return "._" in name
 
 
+def is_skipped(name: str) -> bool:
+    """What the benchmark layouts skip: hidden files and folders and macOS forks."""
+    return name.startswith(".") or is_hidden_fork(name)
+
+
 def list_class_folders(images_dir: Path) -> list[str]:
-    """Names of the sub-folders of `images_dir` (unsorted), skipping macOS forks and hidden folders."""
-    with os.scandir(images_dir) as entries:
-        return [
-            entry.name
-            for entry in entries
-            if entry.is_dir() and not is_hidden_fork(entry.name) and not entry.name.startswith(".")
-        ]
+    """Names of the sub-folders of `images_dir`, sorted, links followed, skipping macOS forks and hidden folders."""
+    return list_folder(images_dir, is_skipped)[0]
 
 
 def list_images(folder: Path) -> list[str]:
-    """Image file names in `folder`, sorted by name; skips `._` forks and non-image files."""
-    with os.scandir(folder) as entries:
-        names = [
-            entry.name
-            for entry in entries
-            if entry.is_file() and not is_hidden_fork(entry.name) and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    return sorted(names)
+    """Image file names in `folder`, sorted by name, links followed; skips hidden files, forks, other files."""
+    return list_folder(folder, is_skipped)[1]
 
 
 def read_lines(path: Path, dataset: str) -> list[str]:

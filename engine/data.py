@@ -10,31 +10,42 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.base import ImageDataset
+from datasets.samplers import build_batch_sampler
 from utilities.distributed import DistInfo
 from utilities.seeding import derive_seed
 
+if TYPE_CHECKING:  # annotations only: the configuration package sits above the engine
+    from config import Config
+
 
 class SeededBatches:
-    """Wraps a batch sampler: yields `(index, sample_seed)` pairs instead of indices."""
+    """Wraps a batch sampler: yields `(index, sample_seed)` pairs instead of indices.
+
+    `set_epoch(epoch, start)` skips the epoch's first `start` batches (a run resumed inside an epoch): they are
+    skipped here, as lists of indices, so none of their images is read or decoded.
+    """
 
     def __init__(self, sampler: Any, seed: int, rank: int = 0) -> None:
-        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+        self.sampler, self.seed, self.rank, self.epoch, self.start = sampler, seed, rank, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.start, 0)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for number, batch in enumerate(self.sampler):
+            if number < self.start:
+                continue
             offset = self.rank * len(batch)
             yield [
                 (int(index), derive_seed(self.seed, self.epoch, number, offset + position))
@@ -90,3 +101,22 @@ def build_train_loader(
         prefetch_factor=4 if workers > 0 else None,
     )
     return loader, batches
+
+
+def build_training_data(
+    cfg: Config, dataset: ImageDataset, device: torch.device, dist: DistInfo
+) -> tuple[DataLoader, SeededBatches]:
+    """The training loader of a run (its sampler, global batch, seeds and loader workers as `cfg` sets them):
+    what rank `dist.rank` of `dist.world_size` trains on. The trainer builds its loader here, and so does the
+    test that compares every rank's batches with one process's."""
+    sampler = build_batch_sampler(
+        cfg.data_sampler,
+        dataset.labels,
+        cfg.batch_size,
+        cfg.samples_per_class,
+        cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_batches=cfg.iterations_per_epoch or None,
+    )
+    return build_train_loader(dataset, sampler, seed=cfg.seed, workers=cfg.workers, device=device, dist=dist)

@@ -1,8 +1,8 @@
 """Image sets given on the command line: one image, a folder of images, or a CSV manifest.
 
-* A folder is searched recursively for images (the suffixes of `datasets.layout.IMAGE_EXTENSIONS`, any case;
-  hidden files and folders skipped), in sorted path order. When every image sits inside a first-level
-  subfolder, that subfolder's name is its label; otherwise the labels are unknown.
+* A folder is searched recursively for images (the suffixes of `datasets.walk.IMAGE_EXTENSIONS`, any case;
+  hidden files and folders skipped, symbolic links followed), in sorted path order. When every image sits
+  inside a first-level subfolder, that subfolder's name is its label; otherwise the labels are unknown.
 * A CSV follows the open-metric-learning manifest convention: a `path` column (relative paths are relative
   to the CSV's folder) and an optional `label` column. With an `is_gallery` (for a gallery) or `is_query`
   (for queries) column, only the rows where it is true (true/false, 1/0, yes/no; empty = false) are used;

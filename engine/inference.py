@@ -121,11 +121,12 @@ class InferenceModel:
     def iter_embed(
         self, images: Sequence[ImageInput], *, batch_size: int = 64, workers: int = 0, progress: str | None = None
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield `(first index, embeddings)` batch by batch; `progress` names a tqdm bar (None: no bar).
+        """Yield `(first index, embeddings)` batch by batch; `progress` names the progress display (None: none):
+        a bar on a terminal, a line every 10 % or 60 s in a log file (`utilities.logs.progress`).
 
         An unreadable image is a `UserError` naming the file.
         """
-        from tqdm import tqdm
+        from utilities.logs import progress as show_progress
 
         if batch_size < 1:
             raise UserError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -136,8 +137,7 @@ class InferenceModel:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
-        # a bar only on a terminal (disable=None), so that errors stay one line in logs and pipes
-        bar = tqdm(total=len(images), desc=progress, unit="img", disable=None if progress else True, dynamic_ncols=True)
+        bar = show_progress(desc=progress or "", total=len(images), unit="img", enabled=bool(progress))
         try:
             for batch, indices in loader:
                 yield int(indices[0]), self.embed_tensor(batch)

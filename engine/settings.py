@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.forward import PRECISIONS
 from engine.optim import OPTIMIZERS, SCHEDULES
+from utilities.errors import UserError
 from utilities.settings import setting
 
 
@@ -30,6 +31,17 @@ class RunSettings:
         False, "SyncBatchNorm for trainable backbone BatchNorm under torchrun on CUDA (CPU ranks keep their own)"
     )
     max_nonfinite: int = setting(20, "stop the run after this many consecutive non-finite losses", at_least=1)
+    checkpoint_minutes: float = setting(
+        30.0,
+        "also save the position inside an epoch every this many minutes (0: only at epoch ends and on signals)",
+        at_least=0,
+    )
+    resume: str = setting(
+        "",
+        "auto: continue <save_path>/<dataset>/<save_name> when its checkpoints/last.pt exists, else start it there "
+        "(--resume also takes a checkpoint or run folder)",
+        ("", "auto"),
+    )
 
 
 @dataclass
@@ -57,6 +69,12 @@ class OptimSettings:
     d_warmup: int = setting(
         1, "epochs that train only the discriminators (without DADA: nothing, as the reference)", at_least=0
     )
+
+
+def check_run(cfg: Any) -> None:
+    """`resume: auto` names its run folder: it needs an explicit save_name."""
+    if cfg.resume == "auto" and not cfg.save_name:
+        raise UserError("resume: auto needs an explicit save_name (the run folder it continues or starts)")
 
 
 def check_optimisation(cfg: Any) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,20 +20,31 @@ from typing import TYPE_CHECKING, Any
 import torch
 from termcolor import colored
 from torch import nn
-from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.data import build_train_loader
+from engine.data import build_training_data
 from engine.evaluation import evaluate_model, evaluation_splits
 from engine.forward import ForwardPolicy
 from engine.grids import WORST_QUERIES_FILE, write_worst_queries
+from engine.interrupts import StopControl, TrainingStopped
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
 from engine.runtime import resolve_device
 from engine.step import StepContext, train_step
-from utilities.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
+from utilities.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    shutdown_distributed,
+)
 from utilities.errors import UserError
-from utilities.seeding import derive_seed, seed_everything
+from utilities.logs import progress, stop_tee, tee_to_file
+from utilities.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+
+LOG_FILE = "train.log"
+"""Everything rank 0 prints, in the run folder."""
 
 if TYPE_CHECKING:  # annotations only: the configuration package sits above the engine
     from config import Config
@@ -71,6 +83,8 @@ class Run:
     scaler: torch.amp.GradScaler | None
     splits: dict[str, Any]
     state: RunState
+    partial: dict[str, Any] | None = None  # the position inside `state.epoch` of a mid-epoch checkpoint
+    stopper: StopControl | None = None
 
     @property
     def adversarial(self) -> bool:
@@ -112,9 +126,53 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
             f"--resume: the checkpoint's run state does not match this version (missing {missing}, unknown {unknown})"
         )
     run.state = RunState(epoch=checkpoint["epoch"], **stored)
+    run.partial = checkpoint.get("in_epoch")
 
 
-def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None) -> Run:
+def _criterion_generators(criterion: nn.Module) -> dict[str, torch.Generator]:
+    """The criterion's own random generators (e.g. the seeded Beta source of the mixup), by attribute path."""
+    found: dict[str, torch.Generator] = {}
+    for name, module in criterion.named_modules():
+        for attribute, value in vars(module).items():
+            if isinstance(value, torch.Generator):
+                found[f"{name}.{attribute}"] = value
+            elif isinstance(getattr(value, "generator", None), torch.Generator):
+                found[f"{name}.{attribute}.generator"] = value.generator
+    return found
+
+
+def _position_state(run: Run, loader, epoch: int, position: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of a position inside `epoch` (on rank 0; None elsewhere): the full state plus what the rest
+    of the epoch needs to draw exactly what an uninterrupted run draws (every rank's global RNGs, the criterion's
+    generators, the loader's generator, the next batch and the epoch's running loss sums)."""
+    randomness = {
+        "global": rng_state(run.device),
+        "criterion": {k: g.get_state() for k, g in _criterion_generators(run.criterion).items()},
+        "loader": loader.generator.get_state(),
+    }
+    per_rank = gather_objects(randomness, run.dist)
+    if not run.dist.is_main:
+        return None
+    state = _checkpoint_state(run, full=True)
+    sums = {k: v.detach().cpu() for k, v in position["sums"].items()}
+    state["in_epoch"] = {**position, "epoch": epoch, "sums": sums, "randomness": per_rank}
+    return state
+
+
+def _restore_position(run: Run, loader, partial: dict[str, Any]) -> None:
+    """Set this rank's generators to what they were at the saved position (rank 0's if the rank count changed)."""
+    stored = partial["randomness"]
+    randomness = stored[run.dist.rank] if len(stored) == run.dist.world_size else stored[0]
+    set_rng_state(randomness["global"], run.device)
+    generators = _criterion_generators(run.criterion)
+    if set(generators) != set(randomness["criterion"]):
+        raise UserError("--resume: the mid-epoch checkpoint's criterion generators do not match this criterion")
+    for name, generator in generators.items():
+        generator.set_state(randomness["criterion"][name])
+    loader.generator.set_state(randomness["loader"])
+
+
+def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None, folder: Path | None = None) -> Run:
     from architectures import build_model, input_spec_for
     from compat.weights import reference_trunk_weights
     from criteria import build_criterion
@@ -168,6 +226,9 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
         _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
         run.folder = Path(resume).resolve()
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
+    elif dist.is_main and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        run.folder = folder.resolve()
     elif dist.is_main:
         run.folder = new_run_folder(cfg.save_path, cfg.dataset, cfg.save_name)
     run.folder = Path(broadcast_object(str(run.folder), dist))
@@ -193,15 +254,23 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
 
 
 def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
+    """One epoch (or its rest, when `run.partial` holds a saved position inside it); the loss means."""
     cfg = run.cfg
     seed_everything(derive_seed(cfg.seed, epoch))
     run.criterion.set_epoch(epoch)
-    batches.set_epoch(epoch)
+    partial, run.partial = run.partial, None
     warmup, d_warmup = epoch < cfg.warmup, epoch < cfg.d_warmup
     if d_warmup and not run.adversarial:
         # only the discriminators train in a d_warmup epoch: without DADA nothing does, as in the reference's
         # baseline (`loss: oproxy`), so a baseline and a DADA run share their schedule
         return {"skipped_updates": 0}
+    sums: dict[str, torch.Tensor] = {}
+    steps, skipped, earlier_seconds = 0, 0, 0.0
+    if partial is not None:
+        _restore_position(run, loader, partial)
+        sums = {k: v.to(run.device) for k, v in partial["sums"].items()}
+        steps, skipped, earlier_seconds = partial["steps"], partial["skipped"], partial["seconds"]
+    batches.set_epoch(epoch, start=steps)
     ctx = StepContext(
         model=run.wrapped,
         criterion=run.criterion,
@@ -215,13 +284,19 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
     )
     run.model.train()
     run.criterion.train()
-    sums: dict[str, torch.Tensor] = {}
-    steps, skipped = 0, 0
     phase = "discriminators only" if d_warmup else ("head + proxies only" if warmup else "full")
-    progress = tqdm(
-        loader, desc=f"epoch {epoch} ({phase})", leave=False, disable=not run.dist.is_main, dynamic_ncols=True
+    total = len(batches.sampler)
+    bar = progress(
+        loader,
+        desc=f"epoch {epoch} ({phase})",
+        total=total,
+        initial=steps,
+        unit="img",
+        unit_scale=cfg.batch_size,
+        enabled=run.dist.is_main,
     )
-    for images, labels, _ in progress:
+    started = time.perf_counter()
+    for images, labels, _ in bar:
         images = ForwardPolicy(run.device, cfg.precision, cfg.channels_last).place_inputs(images)
         labels = labels.to(run.device, non_blocking=True)
         result = train_step(ctx, images, labels, warmup=warmup, d_warmup=d_warmup)
@@ -236,9 +311,22 @@ def _train_epoch(run: Run, loader, batches, epoch: int) -> dict[str, float]:
         for key, value in result.logs.items():
             sums[key] = sums.get(key, 0) + value.detach()
         if steps % 10 == 1:
-            progress.set_postfix({k: f"{float(v) / steps:.4f}" for k, v in sums.items() if k.endswith("_loss")})
+            bar.set_postfix({k: f"{float(v) / steps:.4f}" for k, v in sums.items() if k.endswith("_loss")})
+        decision = run.stopper.poll(run.dist) if run.stopper is not None else None
+        if decision is not None and decision.save:
+            seconds = earlier_seconds + time.perf_counter() - started
+            position = {"steps": steps, "skipped": skipped, "seconds": seconds, "sums": sums}
+            state = _position_state(run, loader, epoch, position)
+            path = run.folder / "checkpoints" / "last.pt"
+            if state is not None:
+                save_checkpoint(state, path)
+            run.stopper.saved()
+            barrier(run.dist)
+            if decision.signum:
+                raise TrainingStopped(decision.signum, epoch, steps, total, str(path))
     means = {key: float(value) / max(steps, 1) for key, value in sums.items()}
     means["skipped_updates"] = skipped
+    means["earlier_seconds"] = earlier_seconds
     return means
 
 
@@ -268,41 +356,54 @@ def _print_epoch(epoch: int, row: dict[str, Any], metrics: dict[str, float], imp
     print(colored(f"[epoch {epoch}]", "cyan"), f"{row['time']:.1f}s", losses, "|", shown + star, flush=True)
 
 
-def train(cfg: Config, resume: str | None = None, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+EvaluationHook = Callable[[int, dict[str, float]], None]
+
+
+def train(
+    cfg: Config,
+    resume: str | None = None,
+    resume_state: dict[str, Any] | None = None,
+    *,
+    folder: Path | None = None,
+    on_evaluation: EvaluationHook | None = None,
+) -> dict[str, Any]:
     """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
-    loaded as `resume_state`); returns the summary."""
-    run = _build_run(cfg, resume, resume_state)
+    loaded as `resume_state`); returns the summary.
+
+    `folder`: the run folder of a new run (created if missing; default: a new `<save_path>/<dataset>/<save_name>[_N]`).
+    `on_evaluation(epoch, metrics)`: called on rank 0 after each epoch's evaluation, once its files are written
+    (the metrics of the validation split where there is one); an exception it raises ends the run there.
+
+    SIGTERM, SIGUSR1 and SIGINT stop every rank at the same iteration, after the position inside the epoch is
+    saved in `checkpoints/last.pt` (`engine.interrupts.TrainingStopped` is raised); `checkpoint_minutes`
+    also saves that position every so many minutes.
+    """
+    run = _build_run(cfg, resume, resume_state, folder)
+    run.stopper = StopControl(cfg.checkpoint_minutes, run.device)
+    run.stopper.install()
     try:
-        return _train(run)
+        return _train(run, on_evaluation)
     finally:
+        run.stopper.restore()
+        if run.dist.is_main:
+            stop_tee()
         shutdown_distributed()
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, Any]:
     cfg, state = run.cfg, run.state
     main = run.dist.is_main
     folder = run.folder
     checkpoints = folder / "checkpoints"
     writer = _tensorboard(cfg, folder) if main else None
     if main:
+        tee_to_file(folder / LOG_FILE)
         write_config(cfg.to_dict(), folder / "config.yaml")
         print(colored(f"run folder: {folder}", "cyan"), flush=True)
+        if run.partial is not None:
+            print(f"resuming epoch {state.epoch} after iteration {run.partial['steps']}", flush=True)
     use_val = "val" in run.splits
-    from datasets import build_batch_sampler
-
-    sampler = build_batch_sampler(
-        cfg.data_sampler,
-        run.splits["train"].labels,
-        cfg.batch_size,
-        cfg.samples_per_class,
-        cfg.seed,
-        rank=run.dist.rank,
-        world_size=run.dist.world_size,
-        num_batches=cfg.iterations_per_epoch or None,
-    )
-    loader, batches = build_train_loader(
-        run.splits["train"], sampler, seed=cfg.seed, workers=cfg.workers, device=run.device, dist=run.dist
-    )
+    loader, batches = build_training_data(cfg, run.splits["train"], run.device, run.dist)
     embedded: dict[str, Any] = {}
     if state.epoch == 0 and not state.history:
         state.initial, embedded = _evaluate(run, use_val)
@@ -312,6 +413,7 @@ def _train(run: Run) -> dict[str, Any]:
     for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
         means = _train_epoch(run, loader, batches, epoch)
+        earlier = means.pop("earlier_seconds", 0.0)  # the epoch's time before a stop, when resumed inside it
         if schedule_steps_after(epoch, cfg.warmup, cfg.d_warmup):
             for scheduler in run.schedulers.values():
                 scheduler.step()
@@ -320,11 +422,12 @@ def _train(run: Run) -> dict[str, Any]:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             metrics, embedded = _evaluate(run, use_val)
             state.last = metrics
-        row["time"] = time.perf_counter() - start
+        row["time"] = earlier + time.perf_counter() - start
         row.update(metrics)
         state.history.append(row)
         state.epoch = epoch + 1
         improved = _maybe_improved(state, metrics, cfg.best_metric, epoch)
+        run.stopper.saved()
         if main:
             save_checkpoint(_checkpoint_state(run, full=True), checkpoints / "last.pt")
             if improved:
@@ -341,6 +444,8 @@ def _train(run: Run) -> dict[str, Any]:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
             _print_epoch(epoch, row, metrics, improved)
+            if on_evaluation is not None and metrics:
+                on_evaluation(epoch, metrics)
         barrier(run.dist)
     summary = _summary(run)
     if use_val and state.best_epoch >= 0:

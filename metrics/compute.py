@@ -158,7 +158,7 @@ def _retrieval(
     k = min(_needed_k(names, int(num_relevant.max())), eligible)
     knn_backend, dtype = resolve_backend(backend, device)
     stats = KnnStats()
-    sums = dict.fromkeys(names, 0.0)
+    per_query: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for start, indices in iter_knn(
         queries,
         gallery,
@@ -178,9 +178,10 @@ def _retrieval(
         hits = gallery_labels[indices.cpu()] == query_labels[rows, None]
         hits, relevant = hits[row_keep], num_relevant[rows][row_keep]
         for name in names:
-            sums[name] += float(_per_query(name, hits, relevant).sum())
+            per_query[name].append(_per_query(name, hits, relevant))
     info.update(k=k, backend=knn_backend, **vars(stats))
-    return {name: sums[name] / kept for name in names}, info
+    # an exactly rounded sum: the value does not depend on how the search split the queries into chunks
+    return {name: math.fsum(torch.cat(per_query[name]).tolist()) / kept for name in names}, info
 
 
 def _per_query(name: str, hits: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:

@@ -232,3 +232,38 @@ def test_retrieval_speed_benchmark_runs_with_tiny_sizes(tmp_path, capsys) -> Non
     )
     for row in expected:
         assert row in table, table
+
+
+# --------------------------------------------------------------------------------- benchmarks/eval_speed.py
+
+
+def test_eval_speed_benchmark_runs_eval_py_and_reports_the_load(tmp_path, capsys) -> None:
+    from benchmarks import eval_speed
+
+    output = tmp_path / "eval_speed.json"
+    argv = ["--items", "400", "--classes", "70", "--skip_pml", "--skip_full", "--searches", "--output", str(output)]
+    assert eval_speed.main(argv) == 0
+    report = json.loads(output.read_text())
+    assert len(report["load_average"]) == 2
+    (run,) = report["runs"]
+    assert run["run"] == "eval.py (3 metrics)" and run["wall_s"] > 0 and run["peak_rss_mb"] > 0
+    x, y = eval_speed.synthetic_embeddings(400, 70)
+    from metrics import compute_metrics
+
+    assert run["values"] == pytest.approx(compute_metrics(x, y, eval_speed.THREE), abs=0)
+    table = capsys.readouterr().out
+    assert "1-minute load average before / after:" in table and "| eval.py (3 metrics) |" in table
+    assert [row["run"] for row in report["searches"]] == ["search only, symmetric", "search only, per-query"]
+    assert "| search only, symmetric |" in table
+
+
+def test_kmeans_speed_benchmark_reports_the_time_per_iteration(tmp_path, capsys) -> None:
+    from benchmarks import kmeans_speed
+
+    output = tmp_path / "kmeans.json"
+    argv = ["--items", "300", "--classes", "40", "--iterations", "2", "--output", str(output)]
+    assert kmeans_speed.main(argv) == 0
+    report = json.loads(output.read_text())
+    assert report["clusters"] == 40 and report["iteration_s"] >= 0 and 0 <= report["search_share"] <= 1
+    assert report["estimated_kmeans_s"] >= report["final_assignment_s"]
+    assert "k-means of 300 x 512 into 40 clusters" in capsys.readouterr().out

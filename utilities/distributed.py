@@ -99,6 +99,15 @@ def broadcast_object(value: object, info: DistInfo) -> object:
     return holder[0]
 
 
+def gather_objects(value: object, info: DistInfo) -> list[object]:
+    """Every rank's value, in rank order, on every rank (`[value]` in a single process)."""
+    if not info.enabled:
+        return [value]
+    values: list[object] = [None] * info.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

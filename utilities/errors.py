@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
+
+from utilities.suggestions import suggest_key
 
 
 class UserError(Exception):
@@ -33,7 +36,22 @@ def report_user_error(exc: BaseException) -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors (an unknown flag, a bad choice) are `UserError`s: one line and exit code 2."""
+    """argparse whose errors (an unknown flag, a bad choice) are `UserError`s: one line and exit code 2.
+
+    An unknown flag gets a did-you-mean among this parser's own flags (`utilities.suggestions.suggest_key`).
+    """
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flag = next((token.split("=", 1)[0] for token in extras if token.startswith("--")), None)
+            names = [option[2:] for option in self._option_string_actions if option.startswith("--")]
+            close = suggest_key(flag, names) if flag else None
+            self.error(f"{message}; did you mean '--{close}'?" if close else message)
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message}")

@@ -71,6 +71,22 @@ def test_cub_layouts_split_by_class_number(tmp_path: Path, subdir: str) -> None:
     assert splits["test"].labels.tolist() == [0, 0, 1, 1, 1]
 
 
+def test_cub_class_folders_and_images_that_are_links_read_like_copies(tmp_path: Path) -> None:
+    make_class_folders(tmp_path / "store", CUB_CLASSES)
+    images = tmp_path / "cub200" / "images"
+    images.mkdir(parents=True)
+    for name in CUB_CLASSES:
+        (images / name).symlink_to(tmp_path / "store" / name)  # linked class folders
+    (tmp_path / "store" / "2.Two" / "img_01.jpg").symlink_to(tmp_path / "store" / "1.One" / "img_00.jpg")
+    (tmp_path / "store" / "2.Two" / ".hidden.jpg").write_bytes(b"skipped, as the forks")
+    splits = load_cub200(tmp_path / "cub200")
+    assert names(splits["train"]) == ["1.One/img_00.jpg", "1.One/img_01.jpg", "2.Two/img_00.jpg", "2.Two/img_01.jpg"]
+    assert len(splits["test"].paths) == 5
+    (tmp_path / "store" / "9.Nine" / "gone.jpg").symlink_to(tmp_path / "absent.jpg")
+    with pytest.raises(UserError, match=f"^{images / '9.Nine' / 'gone.jpg'} is a broken link"):
+        load_cub200(tmp_path / "cub200")
+
+
 def test_cub_missing_layout_names_both_folders(tmp_path: Path) -> None:
     (tmp_path / "cub200" / "CUB_200_2011").mkdir(parents=True)
     folder = tmp_path / "cub200"

@@ -164,6 +164,49 @@ def test_folder_errors_exit_2_with_one_line_naming_the_path(tmp_path: Path, caps
     exits_2_naming(capsys, dry_run("--dataset", "folder", "--test_classes", "1"), "test_classes")
 
 
+def linked_data_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """`data` (real images on "shared storage") and `linked`, a folder of symbolic links into it."""
+    store = tmp_path / "store"
+    make_classes(store / "ant", {"2024": 2})  # store/ant/2024/img_*.png, plus a fork and a .txt to skip
+    make_classes(store, {"bee": 2, "cow": 1, "dog": 2})
+    write_image(store / "loose" / "extra.png", shade=7)
+    linked = tmp_path / "linked"
+    for name in ("train", "test"):
+        (linked / name).mkdir(parents=True)
+    (linked / "train" / "ant").symlink_to(store / "ant")  # a class folder that is a link
+    (linked / "train" / "bee").mkdir()
+    (linked / "train" / "bee" / "old").symlink_to(store / "bee")  # a linked folder inside a class folder
+    (linked / "train" / "bee" / "new.png").symlink_to(store / "loose" / "extra.png")  # a linked image
+    (linked / "test" / "cow").symlink_to(store / "cow")
+    (linked / "test" / "dog").symlink_to(store / "dog")
+    (tmp_path / "root").symlink_to(linked)  # the data folder itself a link
+    return store, tmp_path / "root"
+
+
+def test_symlinked_data_folders_train_like_copies_and_a_link_cycle_is_one_line(tmp_path: Path, capsys) -> None:
+    store, root = linked_data_folder(tmp_path)
+    splits = load_folder(root)
+    assert relative(splits["train"].paths, root / "train") == [
+        "ant/2024/img_00.png", "ant/2024/img_01.png", "bee/new.png", "bee/old/img_00.png", "bee/old/img_01.png",
+    ]  # fmt: skip
+    assert splits["train"].labels.tolist() == [0, 0, 1, 1, 1]
+    assert relative(splits["test"].paths, root / "test") == ["cow/img_00.png", "dog/img_00.png", "dog/img_01.png"]
+    argv = dry_run("--dataset", "folder", "--source_path", str(root), "--samples_per_class", "1")
+    assert main_module.main([*argv, "--check_images"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["splits"] == {
+        "train": {"classes": 2, "images": 5},
+        "test": {"classes": 2, "images": 3},
+    }
+    loop = store / "bee" / "again"
+    loop.symlink_to(store)  # store/bee/again/bee/again/... never ends
+    exits_2_naming(
+        capsys, [*argv, "--check_images"], f"link cycle: {root}/train/bee/old/again -> {store}", "leads back"
+    )
+    loop.unlink()
+    (store / "cow" / "gone.png").symlink_to(store / "absent.png")
+    exits_2_naming(capsys, argv, f"{root}/test/cow/gone.png is a broken link")
+
+
 # ------------------------------------------------------------------------------------------------- csv
 
 

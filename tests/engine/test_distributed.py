@@ -1,4 +1,5 @@
-"""torchrun with two CPU processes (gloo) trains exactly what one process trains on the same global batch."""
+"""torchrun with two CPU processes (gloo) trains what one process trains on the same global batch: the mathematics
+to rounding on a small network, the batches and augmented images exactly at the demo's settings."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from rank_batches import demo_config, trained_batches
+
+from utilities.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,3 +102,24 @@ def test_sync_bn_on_cpu_ranks_keeps_plain_batchnorm_and_says_so_once(tmp_path: P
     assert result.stderr.count("sync_bn: SyncBatchNorm needs CUDA devices") == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert (tmp_path / "runs/synthetic/sync/checkpoints/last.pt").is_file()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
+def test_ranks_train_on_the_slices_of_the_batches_and_images_of_one_process(tmp_path: Path):
+    """At the demo's settings (two loader workers per rank), the augmented images, labels and indices that
+    two torchrun ranks train on, gathered, are bit for bit those of one process: every draw is the same."""
+    cfg = demo_config(tmp_path / "data")
+    assert cfg.kernels == 2 and cfg.augmentation == "base" and cfg.batch_size == 32
+    single = trained_batches(cfg, DistInfo())  # generates the images before the ranks read them
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = ["torchrun", "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "rank_batches.py"),
+               str(tmp_path / "data"), str(tmp_path / "gathered.pt")]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gathered = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    assert len(single) == len(gathered) == cfg.epochs * cfg.iterations_per_epoch
+    for number, (one, two) in enumerate(zip(single, gathered)):
+        for part, name in enumerate(("images", "labels", "indices")):
+            same = torch.equal(one[part], two[part])
+            assert same, f"iteration {number}: the gathered {name} differ from one process's"
+    assert len({batch[0].numpy().tobytes() for batch in single}) == len(single)  # real, distinct draws

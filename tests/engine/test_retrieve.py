@@ -188,6 +188,38 @@ def test_labelled_query_folder_and_json_output(world, capsys) -> None:
         assert picture.size[0] > 300 and picture.size[1] > 200
 
 
+def test_linked_gallery_and_query_folders_read_like_copies(world, capsys) -> None:
+    """Class folders, the gallery folder itself and a query image that are symbolic links; a link cycle."""
+    tmp, folders = world["tmp"] / "links", world["folders"][:3]
+    (tmp / "classes").mkdir(parents=True)
+    for folder in folders:
+        (tmp / "classes" / folder.name).symlink_to(folder)
+    (tmp / "gallery").symlink_to(tmp / "classes")
+    (tmp / "query.jpg").symlink_to(sorted(folders[1].glob("*.jpg"))[0])
+    index, output = tmp / "linked.index", tmp / "linked.json"
+    code, out, err = run_retrieve(
+        capsys, "--checkpoint", world["checkpoint"], "--workers", 0, "--gallery", tmp / "gallery", "--index", index,
+        "--query", tmp / "query.jpg", "--top", 1, "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = json.loads(sidecar_path(index).read_text())
+    assert meta["paths"] == [str(p.resolve()) for folder in folders for p in sorted(folder.glob("*.jpg"))]
+    assert meta["labels"] == [folder.name for folder in folders for _ in folder.glob("*.jpg")]
+    [record] = json.loads(output.read_text())
+    assert record["gallery"] == str((tmp / "query.jpg").resolve()) and record["gallery_label"] == folders[1].name
+    loop = folders[0] / "loop"
+    loop.symlink_to(tmp / "classes")  # classes/<first>/loop/<first>/loop/... never ends
+    try:
+        code, out, err = run_retrieve(capsys, "--checkpoint", world["checkpoint"], "--gallery", tmp / "classes")
+    finally:
+        loop.unlink()
+    link = tmp / "classes" / folders[0].name / "loop"
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: link cycle: {link} -> {tmp / 'classes'} leads back to {tmp / 'classes'}, which contains it; "
+        "remove the link or point it elsewhere"
+    ], err
+
+
 def test_user_errors_exit_2_with_one_line_naming_the_problem(world, capsys) -> None:
     tmp, checkpoint = world["tmp"], world["checkpoint"]
     index = tmp / "errors.index"

@@ -1,0 +1,166 @@
+"""Sweeps that train (tiny runs): two workers on one journal file, parity with main.py, kill -9 and resume, search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from sweep_helpers import REPO, read_csv, run_sweep, sweep_command, tiny_keys
+
+import main as main_module
+import sweep
+
+# one seed: the synthetic benchmark is generated from the seed, so parallel workers share one seed's data
+GRID = ["--seeds", "0", "--grid", "dada=true,false", "lr=0.01,0.02", "--threads", "1"]
+SETTINGS = ["dada=true+lr=0.01", "dada=true+lr=0.02", "dada=false+lr=0.01", "dada=false+lr=0.02"]
+RUN_FILES = ["config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"]
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory) -> Path:
+    """4 settings by two worker processes sharing the journal file in OUT."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    result = run_sweep("--out", str(tmp / "out"), *GRID, "--jobs", "2", *tiny_keys(tmp / "data"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp
+
+
+def test_two_workers_do_every_run_exactly_once(grid_sweep: Path):
+    out = grid_sweep / "out"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="out.runs", storage=storage).get_trials()
+    assert sorted(t.user_attrs["setting"] for t in trials) == sorted(SETTINGS)  # one trial per run
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for setting in SETTINGS:
+        folder = out / "runs" / setting / "seed0"
+        assert all((folder / name).is_file() for name in RUN_FILES), folder
+        epochs = [row["epoch"] for row in read_csv(folder / "metrics.csv")]
+        assert epochs == ["-1", "0", "1", "2"]  # trained once: no repeated epoch
+
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == [
+        "setting", "dada", "lr", "seed", "status", "best_epoch", "recall@1", "map@r", "seconds", "error",
+    ]  # fmt: skip
+    assert [(r["setting"], r["dada"], r["lr"], r["seed"], r["status"]) for r in rows] == [
+        ("dada=true+lr=0.01", "true", "0.01", "0", "done"), ("dada=true+lr=0.02", "true", "0.02", "0", "done"),
+        ("dada=false+lr=0.01", "false", "0.01", "0", "done"), ("dada=false+lr=0.02", "false", "0.02", "0", "done"),
+    ]  # fmt: skip
+    report = read_csv(out / "report.csv")
+    assert [(r["setting"], r["metric"], r["n"]) for r in report] == [
+        (setting, metric, "1") for setting in SETTINGS for metric in ("recall@1", "map@r")
+    ]
+    # dada=false+lr=0.02 is compared with dada=true+lr=0.02 (the baseline: the first value of the first term)
+    assert report[6]["wins"] != "" and report[2]["wins"] == ""
+    assert "| dada=false+lr=0.02 | dada=true+lr=0.02 | recall@1 | 1 |" in (out / "report.md").read_text()
+    assert "Paired difference" in (out / "report.md").read_text() and (out / "report.png").is_file()
+
+
+def test_a_sweep_run_equals_main_py(grid_sweep: Path, tmp_path: Path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the sweep's workers (--threads 1)
+    try:
+        argv = [*tiny_keys(grid_sweep / "data"), "--seed", "0", "--dada", "false", "--lr", "0.02"]
+        assert main_module.main([*argv, "--save_path", str(tmp_path), "--save_name", "main"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ours = grid_sweep / "out" / "runs" / "dada=false+lr=0.02" / "seed0"
+    theirs = tmp_path / "synthetic" / "main"
+    assert sorted(p.relative_to(ours).as_posix() for p in ours.rglob("*")) == sorted(
+        p.relative_to(theirs).as_posix() for p in theirs.rglob("*")
+    )
+    best = json.loads((theirs / "summary.json").read_text())["best"]
+    row = next(r for r in read_csv(grid_sweep / "out" / "results.csv") if r["setting"] == "dada=false+lr=0.02")
+    assert {key: float(row[key]) for key in best} == best  # exactly, not approximately
+    drop_time = [{k: v for k, v in r.items() if k != "time"} for r in read_csv(theirs / "metrics.csv")]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in read_csv(ours / "metrics.csv")] == drop_time
+
+
+def test_kill_9_then_the_same_command_gives_the_same_results(grid_sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    half = ["--seeds", "0", "--grid", "dada=true", "lr=0.01,0.02", "--threads", "1"]  # the first two settings
+    args = ["--out", str(out), *half, *tiny_keys(grid_sweep / "data")]
+    process = subprocess.Popen(sweep_command(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "runs" / SETTINGS[0] / "seed0"
+    deadline = time.monotonic() + 240
+    while not (first / "metrics.csv").is_file() and process.poll() is None:  # written after last.pt
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    before = read_csv(first / "metrics.csv")
+    assert before[-1]["epoch"] != "2"  # killed in the middle of the run
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def comparable(path: Path) -> list[dict[str, str]]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(path)]
+
+    assert comparable(out / "results.csv") == comparable(grid_sweep / "out" / "results.csv")[:2]
+    after = read_csv(first / "metrics.csv")
+    assert [r["epoch"] for r in after] == ["-1", "0", "1", "2"]
+    assert after[: len(before)] == before  # resumed from last.pt (the epochs before the kill kept their times)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="out.runs", storage=storage).get_trials()
+    lost = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(trials) == 3 and len(lost) == 1 and "lost" in lost[0].user_attrs["result"]["error"]
+
+
+def test_search_prunes_then_runs_the_best_over_the_seeds(grid_sweep: Path, tmp_path: Path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "lr: {type: float, low: 0.000001, high: 0.05, log: true}\nembed_dim: {type: categorical, choices: [4, 16]}\n"
+    )
+    out = tmp_path / "tune"
+    keys = [*tiny_keys(grid_sweep / "data"), "--synthetic_classes", "12", "--val_classes", "0.34"]
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--out", str(out), "--search", str(space), "--trials", "5", "--seeds", "0", "1", "--threads", "1"]
+        assert sweep.main([*argv, "--jobs", "1", *keys]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0])[:4] == ["setting", "lr", "embed_dim", "seed"] and "val_recall@1" in rows[0]
+    trials = [r for r in rows if r["setting"].startswith("trial")]
+    assert len(trials) == 5 and {r["status"] for r in trials} <= {"done", "pruned"}
+    assert any(r["status"] == "pruned" for r in trials)
+    assert (out / "search" / trials[0]["setting"] / "metrics.csv").is_file()  # run folders are kept
+    done = [r for r in trials if r["status"] == "done"]
+    best = max(done, key=lambda r: float(r["val_recall@1"]))
+    finals = [r for r in rows if r["setting"] == "best"]
+    assert [r["seed"] for r in finals] == ["0", "1"] and all(r["status"] == "done" for r in finals)
+    assert all((r["lr"], r["embed_dim"]) == (best["lr"], best["embed_dim"]) for r in finals)
+    assert all(r["recall@1"] != "" for r in finals)  # test metrics of the selected model
+    importances = read_csv(out / "search_importances.csv")
+    assert {r["parameter"] for r in importances} == {"lr", "embed_dim"}
+    assert (out / "search_history.png").is_file()
+    assert "| best | recall@1 | 2 |" in (out / "report.md").read_text()
+
+
+def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it_once(grid_sweep: Path, tmp_path, capsys):
+    out = tmp_path / "out"
+    # an image size the configuration accepts but the synthetic benchmark refuses when the run builds its data
+    argv = ["--out", str(out), "--grid", "synthetic_image_size=8,32", "--threads", "1", "--jobs", "1",
+            *tiny_keys(grid_sweep / "data", epochs=1)]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert sweep.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "1 run(s) failed" in err and "synthetic_image_size" in err
+        rows = read_csv(out / "results.csv")
+        assert [r["status"] for r in rows] == ["failed", "done"]
+        assert "synthetic_image_size: expected an integer >= 16" in rows[0]["error"] and rows[1]["error"] == ""
+        assert sweep.main(argv) == 1  # the same command: the failed run once more, the done one skipped
+    finally:
+        torch.set_num_threads(threads)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="out.runs", storage=storage).get_trials()
+    assert (
+        sorted(t.user_attrs["setting"] for t in trials) == ["synthetic_image_size=32"] + ["synthetic_image_size=8"] * 2
+    )
