@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch.distributed
 from PIL import Image, ImageDraw
 
 from datasets.base import SplitFiles
@@ -349,6 +350,14 @@ def _check_parameters(n_classes: int, images_per_class: int, image_size: int) ->
         raise UserError(f"synthetic_image_size: expected an integer >= 16, got {image_size!r}")
 
 
+def _start_method() -> str:
+    """fork (quick), except in a process of a torch.distributed group: its communication threads may hold a lock
+    at the fork, and the forked child then waits on it forever (seen with 2 SLURM tasks under gloo)."""
+    forking = "fork" in multiprocessing.get_all_start_methods()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return "fork" if forking and not distributed else "spawn"
+
+
 def generate(target: Path, n_classes: int, images_per_class: int, image_size: int, seed: int, workers: int) -> None:
     """Write a complete benchmark into the (new) folder `target`, metadata last."""
     classes = design_classes(n_classes, seed)
@@ -361,8 +370,7 @@ def generate(target: Path, n_classes: int, images_per_class: int, image_size: in
         for task in tasks:
             _render_class(task)
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers) as pool:
+        with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
             pool.map(_render_class, tasks, chunksize=1)
     metadata = {
         "parameters": _parameters(n_classes, images_per_class, image_size, seed),

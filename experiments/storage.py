@@ -8,6 +8,7 @@ exactly one creator succeed, on a journal file as on a database.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -41,7 +42,7 @@ def open_storage(out: str, url: str | None) -> BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(with_driver(url), heartbeat_interval=None)
+        return _open_database(with_driver(url))
     except Exception as exc:  # noqa: BLE001 - driver, network, authentication, bad URL: one line for the user
         lines = [line for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
@@ -49,6 +50,23 @@ def open_storage(out: str, url: str | None) -> BaseStorage:
         if password:
             reason = reason.replace(password, "***")
         raise UserError(f"--storage {redact(url)} cannot be opened: {reason[:300]}") from None
+
+
+def _open_database(url: str, attempts: int = 5) -> BaseStorage:
+    """Optuna's database storage. Workers started together all create Optuna's tables on a new database; the
+    database lets one CREATE win and the others fail (PostgreSQL: a unique violation, or "already exists"), and a
+    loser only has to open the storage again, on tables that now exist."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        except (IntegrityError, ProgrammingError) as exc:
+            concurrent = isinstance(exc, IntegrityError) or "already exists" in str(exc)
+            if not concurrent or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def with_driver(url: str) -> str:

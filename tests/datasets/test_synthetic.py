@@ -116,3 +116,19 @@ def test_class_design_shares_colours_and_separates_classes() -> None:
     for key, values in synthetic.ATTRIBUTES.items():
         assert {getattr(c, key) for c in classes} == set(values)  # every part value is in use
     assert synthetic.design_classes(100, seed=0) == classes
+
+
+def test_generation_inside_a_process_group_does_not_fork(tmp_path: Path) -> None:
+    """A rank of torchrun or a SLURM task runs communication threads; a forked pool child can wait forever on a
+    lock one of them held. Generation there uses spawned workers, with the same bytes as forked ones."""
+    import torch.distributed as dist
+
+    assert synthetic._start_method() == "fork"
+    forked = ensure_synthetic(tmp_path / "forked", 4, 3, 32, seed=3, workers=2)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert synthetic._start_method() == "spawn"
+        spawned = ensure_synthetic(tmp_path / "spawned", 4, 3, 32, seed=3, workers=2)
+    finally:
+        dist.destroy_process_group()
+    assert tree_bytes(forked) and tree_bytes(forked) == tree_bytes(spawned)

@@ -10,11 +10,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
 import pytest
 from sweep_helpers import REPO, read_csv, sweep_command, tiny_keys
+
+from experiments.storage import open_storage
 
 INSTALL = "PostgreSQL server binaries (initdb, pg_ctl) missing: apt-get install postgresql"
 
@@ -81,3 +85,21 @@ def test_two_processes_share_a_postgresql_study(postgres_url, tmp_path):
         assert len(trained) == 1, setting  # trained on one machine only
     for out in outs:  # both machines' results.csv hold the whole sweep, from the database
         assert [r["status"] for r in read_csv(out / "results.csv")] == ["done", "done"]
+
+
+def test_workers_opening_a_new_database_together_all_get_the_storage(postgres_url):
+    """Every worker of a new sweep creates Optuna's tables at once; the losers of that race open it again."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE opened_together")
+    url = postgres_url.rpartition("/")[0] + "/opened_together"
+    start = threading.Barrier(6)
+
+    def open_at_once() -> None:
+        start.wait()
+        open_storage("unused", url)
+
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(open_at_once) for _ in range(6)]:
+            future.result()  # a UserError here: a worker lost the race and gave up
