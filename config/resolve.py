@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets.build import has_query_gallery
 from metrics.names import QUERY_GALLERY_METRICS, canonical_metric_name, resolve_metric
 from metrics.settings import DEFAULT_METRICS
 from utilities.errors import UserError
@@ -31,7 +30,11 @@ def resolve(cfg: Any) -> Any:
 
 def _query_gallery_metrics(cfg: Any) -> None:
     one_set_only = [m for m in cfg.evaluation_metrics if not resolve_metric(m)[0].query_gallery]
-    if not one_set_only or not has_query_gallery(cfg.dataset, cfg.source_path):
+    if not one_set_only:
+        return
+    from datasets.build import has_query_gallery  # the dataset loaders (and torchvision) only when needed
+
+    if not has_query_gallery(cfg.dataset, cfg.source_path):
         return
     if cfg.evaluation_metrics != list(DEFAULT_METRICS):
         where = "In-Shop" if cfg.dataset == "inshop" else f"{cfg.dataset} data with query and gallery splits"

@@ -25,8 +25,11 @@ How it stays exact while using a cheap search:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -51,6 +54,43 @@ class KnnStats:
     float64_order_rows: int = 0  # near-ties among the first k re-scored in float64
     fp32_retry_rows: int = 0  # candidate certificate failed once, searched again in float32
     full_rows: int = 0  # certificate failed twice, exact float64 search over the whole gallery
+
+    def add(self, other: KnnStats) -> None:
+        for field in fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def cpu_workers(device: torch.device) -> int:
+    """Python threads that share a CPU search: one per torch CPU thread (1 on other devices).
+
+    On the CPU the search's many small operations (screening tiles, merging lists, re-scoring candidates)
+    gain little from torch's intra-op threads, which wait for each other at every operation; independent
+    pieces of work on threads of their own, each running its operations on one core, keep every core busy.
+    """
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+@contextmanager
+def _one_thread_per_worker(workers: int) -> Iterator[None]:
+    """While several workers share the CPU, every torch operation runs on one thread."""
+    if workers <= 1:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run_all(work: Callable[[object], object], items: Iterable[object], workers: int) -> list[object]:
+    """`work` of every item, in order: on `workers` threads (each operation single-threaded) or inline."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    with _one_thread_per_worker(workers), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, items))
 
 
 def _gamma(dim: int) -> float:
@@ -81,7 +121,8 @@ class Gallery:
         self._low: dict[torch.dtype, tuple[torch.Tensor, float, float, torch.Tensor | None]] = {}
 
     @staticmethod
-    def _parts(x: torch.Tensor, rows: int = 8192) -> list[torch.Tensor]:
+    def _parts(x: torch.Tensor, rows: int = 2048) -> list[torch.Tensor]:
+        # float64 copies of 2,048 rows stay small (8 MB at 512 dimensions) when several workers make them
         return list(torch.split(x, rows)) if len(x) else [x]
 
     def low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, float, float, torch.Tensor | None]:
@@ -271,21 +312,27 @@ def _above(tile: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def symmetric_candidates(
-    gallery: Gallery, count: int, dtype: torch.dtype, block: int | None = None
+    gallery: Gallery, count: int, dtype: torch.dtype, block: int | None = None, workers: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch_candidates`` of every gallery item against all the others (itself excluded), each pair once.
 
     The score matrix of a set against itself is symmetric, so it is computed tile by tile over the block
-    pairs (I, J) with I <= J only: a row block first takes the top ``count`` of its own tile, then tile (I, J)
-    offers its entries to the rows of I, and its transpose to the rows of J, each entry only where it beats
-    the row's current ``count``-th best score (``_RunningTop``). Every row ends with the top ``count`` of all
-    its approximate scores, as ``torch_candidates`` finds them: ``tau`` = the worst kept score bounds every
+    pairs (I, J) with I <= J only: every row block first takes the top ``count`` of its own tile, then tile
+    (I, J) offers its entries to the rows of I, and its transpose to the rows of J, each entry only where it
+    beats the row's current ``count``-th best score (``_RunningTop``). Every row ends with the top ``count`` of
+    all its approximate scores, as ``torch_candidates`` finds them: ``tau`` = the worst kept score bounds every
     score left out, and the per-row bound E is the same. Returns (indices, approximate scores, bound E).
+
+    ``workers`` threads share the tiles (`cpu_workers`). A row's floor only rises, so a tile screened against
+    a floor that another thread has raised since offers a few entries too many, never too few; the lists are
+    merged under a lock. Which of several entries tied at a row's ``count``-th score a list keeps can then
+    depend on timing; the refinement reads only the candidates strictly above ``tau``, the same in any case.
     """
     low, _, _, h32 = gallery.low_precision(dtype)
     low = low[: gallery.size]
     blocks = _block_bounds(gallery.size, block or _default_block(count))
     top = _RunningTop(gallery.size, count, torch.float32 if h32 is not None else dtype, gallery.device)
+    merging = threading.Lock()
 
     def tile(rows: tuple[int, int], cols: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of the rows of block ``rows``, scores of the rows of block ``cols``, transposed)."""
@@ -296,26 +343,32 @@ def symmetric_candidates(
         product = product.float()
         return product - h32[None, cols[0] : cols[1]], product - h32[rows[0] : rows[1], None]
 
-    for first, stop in blocks:
-        scores, _ = tile((first, stop), (first, stop))
+    def own_tile(rows: tuple[int, int]) -> None:
+        first, stop = rows
+        scores, _ = tile(rows, rows)
         scores.fill_diagonal_(-math.inf)
         values, columns = torch.topk(scores, min(count, stop - first), dim=1, sorted=False)
-        top.take(first, values, columns + first)
-    for a, (first, stop) in enumerate(blocks):
-        for other_first, other_stop in blocks[a + 1 :]:
-            by_row, by_column = tile((first, stop), (other_first, other_stop))
-            r, c = _above(by_row, top.floor[first:stop])
-            c2, r2 = _above(by_column.T, top.floor[other_first:other_stop])
-            top.offer(
-                torch.cat([r + first, c2 + other_first]),
-                torch.cat([c + other_first, r2 + first]),
-                torch.cat([by_row[r, c], by_column[r2, c2]]),
-            )
+        with merging:
+            top.take(first, values, columns + first)
+
+    def pair_tile(pair: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        (first, stop), (other_first, other_stop) = pair
+        by_row, by_column = tile((first, stop), (other_first, other_stop))
+        r, c = _above(by_row, top.floor[first:stop].clone())
+        c2, r2 = _above(by_column.T, top.floor[other_first:other_stop].clone())
+        rows = torch.cat([r + first, c2 + other_first])
+        columns = torch.cat([c + other_first, r2 + first])
+        scores = torch.cat([by_row[r, c], by_column[r2, c2]])
+        with merging:
+            top.offer(rows, columns, scores)
+
+    _run_all(own_tile, blocks, workers)
+    _run_all(pair_tile, [(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1 :]], workers)
     approx = top.scores.double()
     if h32 is None:
         approx = approx - gallery.h_mean
-    bound = torch.cat([candidate_bound(part, gallery, dtype) for part in gallery._parts(gallery.x32)])
-    return top.columns, approx, bound
+    parts = _run_all(lambda part: candidate_bound(part, gallery, dtype), gallery._parts(gallery.x32), workers)
+    return top.columns, approx, torch.cat(parts)
 
 
 def _chains(ordered: torch.Tensor, bound2: torch.Tensor) -> torch.Tensor:
@@ -364,7 +417,9 @@ def refine(
     chains that matter: all of them, or with ``relevance`` = (query labels, gallery labels) only those
     that mix hits and misses. ``complete``: nothing was left out.
     """
-    approx, order = torch.sort(approx, dim=1, descending=True)
+    # sorted by score, equal scores by index: the result does not depend on the order of a row's candidates
+    candidates, by_index = torch.sort(candidates, dim=1)
+    approx, order = torch.sort(approx.gather(1, by_index), dim=1, descending=True, stable=True)
     candidates = candidates.gather(1, order)
     floor = approx[:, k - 1] - 2 * bound
     needed = (approx >= floor[:, None]).sum(dim=1)
@@ -379,7 +434,7 @@ def refine(
         q_norm = queries.double().norm(dim=1)
         bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm
         bound2 = bound2 + 1e-12 * (q_norm * gallery.max_norm + gallery.max_h)
-        ordered, order = torch.sort(scores, dim=1, descending=True)
+        ordered, order = torch.sort(scores, dim=1, descending=True, stable=True)
         candidates = candidates.gather(1, order)
     else:
         ordered, bound2 = approx[:, :width], bound
@@ -456,9 +511,10 @@ def _faiss_candidates(
 
 def _default_chunk(gallery_size: int | None, count: int, dim: int) -> int:
     # one float32 score strip <= 128 MB and one float64 (rows, candidates, dim) re-scoring block <= 128 MB;
-    # without a strip (gallery_size None: the candidates are precomputed), re-scoring blocks of at most 256
-    # rows, which stay in the allocator's cache instead of being mapped afresh for every chunk
-    by_strip = 2**25 // max(gallery_size, 1) if gallery_size is not None else 256
+    # without a strip (gallery_size None: the candidates are precomputed, the chunks are refined by several
+    # workers at once), re-scoring blocks of at most 128 rows, which stay in the allocator's cache instead of
+    # being mapped afresh for every chunk
+    by_strip = 2**25 // max(gallery_size, 1) if gallery_size is not None else 128
     by_candidates = 2**24 // max(count * dim, 1)
     return int(min(1024, max(16, min(by_strip, by_candidates))))
 
@@ -493,6 +549,7 @@ def iter_knn(
     """
     stats = stats if stats is not None else KnnStats()
     gallery = Gallery(gallery_embeddings, device)
+    workers = cpu_workers(device)
     eligible = gallery.size - (1 if exclude_self else 0)
     if not 1 <= k <= eligible:
         raise ValueError(f"k={k} must be between 1 and the number of eligible items {eligible}")
@@ -517,10 +574,12 @@ def iter_knn(
     if index is None and exclude_self and symmetric and count <= SYMMETRIC_MAX_COUNT:
         if queries.shape != gallery_embeddings.shape:
             raise ValueError("exclude_self needs the queries to be the gallery")
-        shared = symmetric_candidates(gallery, count, candidate_dtype)
+        shared = symmetric_candidates(gallery, count, candidate_dtype, workers=workers)
     chunk = chunk or _default_chunk(None if shared is not None else gallery.size, count, gallery.dim)
 
-    for start in range(0, queries.shape[0], chunk):
+    def solve(start: int) -> tuple[torch.Tensor, KnnStats]:
+        """The exact neighbours of the chunk of queries from row `start`, and how they were resolved."""
+        stats = KnnStats()
         q = queries[start : start + chunk].to(device=device, dtype=torch.float32)
         rows = torch.arange(start, start + q.shape[0], device=device)
         self_cols = rows if exclude_self else None
@@ -568,6 +627,14 @@ def iter_knn(
                 sub_self = self_cols[rows_left] if self_cols is not None else None
                 indices[rows_left] = full_exact_rows(q[rows_left], sub_self, k, gallery)
         stats.rows += q.shape[0]
+        return indices, stats
+
+    starts = range(0, queries.shape[0], chunk)
+    # with the candidates computed (the symmetric search), chunks are independent and small: they are refined
+    # on the CPU workers together; otherwise one at a time, each with a whole score strip
+    solved = _run_all(solve, starts, workers) if shared is not None else map(solve, starts)
+    for start, (indices, chunk_stats) in zip(starts, solved):
+        stats.add(chunk_stats)
         yield start, indices
 
 
