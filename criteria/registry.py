@@ -20,6 +20,7 @@ default, help and choices); docs/extending.md walks through an example.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from criteria import norm_softmax, proxy_losses, softtriple  # noqa: F401 - importing a loss module registers it
@@ -29,7 +30,9 @@ from utilities.errors import UserError
 LOSSES: Mapping[str, LossEntry] = REGISTERED_LOSSES
 _ENTRIES: tuple[LossEntry, ...] = tuple(LOSSES.values())
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
-PROXY_LOSSES: dict[str, type[ProxyLoss]] = {name: entry.loss_class for name, entry in LOSSES.items()}
+PROXY_LOSSES: Mapping[str, type[ProxyLoss]] = MappingProxyType(
+    {name: entry.loss_class for name, entry in LOSSES.items()}
+)
 
 
 def _collect_keys() -> dict[str, LossKey]:
@@ -42,7 +45,7 @@ def _collect_keys() -> dict[str, LossKey]:
     return keys
 
 
-LOSS_KEYS: dict[str, LossKey] = _collect_keys()
+LOSS_KEYS: Mapping[str, LossKey] = MappingProxyType(_collect_keys())
 
 
 def loss_help() -> str:

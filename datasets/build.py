@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from datasets.base import ImageDataset, SplitFiles
@@ -51,31 +52,35 @@ def _make_synthetic(root: Path, cfg: Any) -> Path:
     )
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "cub200": DatasetSpec(load_cub200, "CUB-200-2011: classes 1-100 train, 101-200 test"),
-    "cars196": DatasetSpec(load_cars196, "CARS196: 98 classes train, 98 test"),
-    "online_products": DatasetSpec(load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"),
-    "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
-    "synthetic": DatasetSpec(
-        load_synthetic,
-        "the generated 'synthetic birds' benchmark: half the classes train",
-        prepare=_make_synthetic,
-        check=_check_synthetic,
-    ),
-    "folder": DatasetSpec(
-        load_folder,
-        "your images: train/ + test/, train/ + query/ + gallery/, or class folders split by test_classes",
-        source_is_data=True,
-        keys=("test_classes",),
-        query_gallery=folder_has_query_gallery,
-    ),
-    "csv": DatasetSpec(
-        load_csv,
-        "your images listed in an open-metric-learning manifest (label, path, split, is_query, is_gallery)",
-        source_is_data=True,
-        query_gallery=manifest_has_query_gallery,
-    ),
-}
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
+    {
+        "cub200": DatasetSpec(load_cub200, "CUB-200-2011: classes 1-100 train, 101-200 test"),
+        "cars196": DatasetSpec(load_cars196, "CARS196: 98 classes train, 98 test"),
+        "online_products": DatasetSpec(
+            load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"
+        ),
+        "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
+        "synthetic": DatasetSpec(
+            load_synthetic,
+            "the generated 'synthetic birds' benchmark: half the classes train",
+            prepare=_make_synthetic,
+            check=_check_synthetic,
+        ),
+        "folder": DatasetSpec(
+            load_folder,
+            "your images: train/ + test/, train/ + query/ + gallery/, or class folders split by test_classes",
+            source_is_data=True,
+            keys=("test_classes",),
+            query_gallery=folder_has_query_gallery,
+        ),
+        "csv": DatasetSpec(
+            load_csv,
+            "your images listed in an open-metric-learning manifest (label, path, split, is_query, is_gallery)",
+            source_is_data=True,
+            query_gallery=manifest_has_query_gallery,
+        ),
+    }
+)
 """The dataset registry: `dataset` names and everything the rest of the code needs to know about each."""
 
 

@@ -10,8 +10,9 @@ once per epoch, only after the warm-up epochs, so the schedule starts counting a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -20,7 +21,9 @@ from torch import nn
 from criteria.base import Criterion, ParamGroup
 from utilities.errors import UserError
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS: Mapping[str, type[torch.optim.Optimizer]] = MappingProxyType(
+    {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+)
 
 
 def check_group_coverage(modules: Iterable[nn.Module], groups: Iterable[ParamGroup]) -> None:
@@ -72,21 +75,24 @@ def _check_linear(cfg: Any) -> None:
         raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
 
 
-SCHEDULES: dict[str, Schedule] = {
-    "step": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma), _check_step
-    ),
-    "multi": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
-    ),
-    "linear": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
-            opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+SCHEDULES: Mapping[str, Schedule] = MappingProxyType(
+    {
+        "step": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma),
+            _check_step,
         ),
-        _check_linear,
-    ),
-    "none": Schedule(lambda cfg, opt: None),
-}
+        "multi": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
+        ),
+        "linear": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
+                opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+            ),
+            _check_linear,
+        ),
+        "none": Schedule(lambda cfg, opt: None),
+    }
+)
 """The `scheduler` values: one schedule definition, applied to every optimizer (`none`: constant rates)."""
 
 
