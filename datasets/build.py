@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datasets.base import ImageDataset, SplitFiles
 from datasets.cars196 import load_cars196
@@ -19,6 +19,26 @@ from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
+if TYPE_CHECKING:  # annotations only: the keys import this registry for their choices
+    from datasets.settings import DataSettings
+
+
+class DatasetInputs(Protocol):
+    """What `build_datasets` and the registry's `prepare` read: data keys (`DataSettings`) and the run's
+    `seed`, which the synthetic set is generated from. The configuration is one."""
+
+    dataset: str
+    source_path: str
+    augmentation: str
+    image_decoder: str
+    resolution: int
+    val_classes: float
+    test_classes: float
+    synthetic_classes: int
+    synthetic_images_per_class: int
+    synthetic_image_size: int
+    seed: int
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -28,7 +48,8 @@ class DatasetSpec:
     `source_is_data`: `source_path` is the data itself (a folder of class folders, a CSV manifest) instead of
     the root under which `<source_path>/<name>/` lives. `query_gallery(folder)` says whether its evaluation
     splits are query and gallery (In-Shop, user data that defines them); such data is evaluated query ->
-    gallery and refuses clustering metrics. `prepare(root, cfg)` makes the data first (the synthetic set).
+    gallery and refuses clustering metrics; `query_gallery_name` is what messages call such data (empty:
+    "<name> data with query and gallery splits"). `prepare(root, cfg)` makes the data first (the synthetic set).
     `check(cfg)` raises `UserError` for values of the keys only this dataset reads.
     """
 
@@ -37,16 +58,17 @@ class DatasetSpec:
     source_is_data: bool = False
     keys: tuple[str, ...] = ()
     query_gallery: Callable[[Path], bool] = lambda folder: False
-    prepare: Callable[[Path, Any], Path] | None = None
-    check: Callable[[Any], None] | None = None
+    query_gallery_name: str = ""
+    prepare: Callable[[Path, DatasetInputs], Path] | None = None
+    check: Callable[[DataSettings], None] | None = None
 
 
-def _check_synthetic(cfg: Any) -> None:
+def _check_synthetic(cfg: DataSettings) -> None:
     if cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
 
 
-def _make_synthetic(root: Path, cfg: Any) -> Path:
+def _make_synthetic(root: Path, cfg: DatasetInputs) -> Path:
     return ensure_synthetic(
         root, cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.synthetic_image_size, cfg.seed
     )
@@ -59,7 +81,12 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
         "online_products": DatasetSpec(
             load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"
         ),
-        "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
+        "inshop": DatasetSpec(
+            load_inshop,
+            "In-Shop: train items; query -> gallery test",
+            query_gallery=lambda _: True,
+            query_gallery_name="In-Shop",
+        ),
         "synthetic": DatasetSpec(
             load_synthetic,
             "the generated 'synthetic birds' benchmark: half the classes train",
@@ -93,6 +120,12 @@ def has_query_gallery(dataset: str, source_path: str | Path) -> bool:
     return spec.query_gallery(Path(source_path) if spec.source_is_data else Path(source_path) / dataset)
 
 
+def query_gallery_name(dataset: str) -> str:
+    """What messages call the query -> gallery data of `dataset` (In-Shop: "In-Shop")."""
+    spec = DATASETS.get(dataset)
+    return (spec.query_gallery_name if spec else "") or f"{dataset} data with query and gallery splits"
+
+
 def split_validation(train: SplitFiles, fraction: float) -> tuple[SplitFiles, SplitFiles]:
     """Move the last `fraction` of the training classes (sorted order) to a validation split.
 
@@ -115,13 +148,11 @@ def _check_val_fraction(value: Any) -> float:
     return float(value)
 
 
-def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
+def build_datasets(cfg: DatasetInputs, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
     """Splits of `cfg.dataset` under `cfg.source_path`: train (training transform) and the others (eval).
 
-    Reads `dataset`, `source_path`, `augmentation`, `image_decoder`, `resolution`, `val_classes`, for the
-    synthetic benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`, and
-    for `folder` `test_classes`. Returns {"train", "test"} ({"train", "query", "gallery"} for In-Shop and user
-    data with query and gallery), plus "val" when `val_classes > 0`.
+    Returns {"train", "test"} ({"train", "query", "gallery"} for In-Shop and user data with query and gallery),
+    plus "val" when `val_classes > 0`.
     """
     name = cfg.dataset
     if name not in DATASETS:
