@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Protocol
 
 from criteria import norm_softmax, proxy_losses, softtriple  # noqa: F401 - importing a loss module registers it
 from criteria.base import REGISTERED_LOSSES, LossEntry, LossKey, ProxyLoss
@@ -68,7 +68,15 @@ def loss_table() -> str:
     return "\n".join(lines)
 
 
-def check_loss_config(cfg: Any) -> None:
+class LossInputs(Protocol):
+    """What the registry reads by name (`CriterionSettings` keys); it reads a loss's own keys as the loss's
+    entry declares them (they join the schema at run time, so an entry's `build` and `check` take `Any`)."""
+
+    loss: str
+    dada: bool
+
+
+def check_loss_config(cfg: LossInputs) -> None:
     """``UserError`` (one line) for an unknown ``loss``, impossible values of its keys, or ``dada`` with a
     loss of several proxies per class (DADA's proxy domain and class predictor need one proxy per class)."""
     entry = _checked_entry(cfg)
@@ -79,7 +87,7 @@ def check_loss_config(cfg: Any) -> None:
         )
 
 
-def _checked_entry(cfg: Any) -> LossEntry:
+def _checked_entry(cfg: LossInputs) -> LossEntry:
     """The entry of ``cfg.loss``, after checking the values of the keys it reads."""
     entry = LOSSES.get(cfg.loss)
     if entry is None:
@@ -93,6 +101,6 @@ def _checked_entry(cfg: Any) -> LossEntry:
     return entry
 
 
-def build_base_loss(cfg: Any) -> ProxyLoss:
+def build_base_loss(cfg: LossInputs) -> ProxyLoss:
     """The base loss named by ``cfg.loss``, after checking the values of the keys it reads."""
     return _checked_entry(cfg).build(cfg)

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from criteria.discriminators import ACTIVATIONS, DISCREPANCIES
 from criteria.mixing import MIX_MODES
-from criteria.registry import LOSS_NAMES, check_loss_config, loss_help
+from criteria.registry import LOSS_NAMES, LossInputs, check_loss_config, loss_help
 from utilities.errors import UserError
 from utilities.settings import check_settings, setting, settings_of
 
@@ -55,12 +55,10 @@ def check_dada(settings: DADASettings, samples_per_class: int) -> None:
         raise UserError("key 'pos_class_mix' needs samples_per_class >= 2")
 
 
-class CriterionInputs(Protocol):
+class CriterionInputs(LossInputs, Protocol):
     """What `build_criterion` and `check_criterion` read besides the DADA keys (`DADASettings`) and the loss's
     own keys (its registry entry); the configuration is one."""
 
-    loss: str
-    dada: bool
     proxy_init_std: float
     embed_dim: int
     samples_per_class: int

@@ -118,12 +118,14 @@ def test_the_inputs_a_builder_declares_are_keys_of_the_schema_with_their_schema_
     import typing
 
     from config.schema import KEY_TYPES
+    from criteria.registry import LossInputs
     from criteria.settings import CriterionInputs
     from datasets.build import DatasetInputs
     from engine.data import TrainingDataInputs
     from engine.inference import InferenceInputs, PreprocessingInputs
 
-    for protocol in (CriterionInputs, DatasetInputs, TrainingDataInputs, PreprocessingInputs, InferenceInputs):
+    protocols = (LossInputs, CriterionInputs, DatasetInputs, TrainingDataInputs, PreprocessingInputs, InferenceInputs)
+    for protocol in protocols:
         hints = typing.get_type_hints(protocol)
         assert hints and {name: KEY_TYPES.get(name) for name in hints} == hints, protocol.__name__
 
