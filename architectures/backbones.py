@@ -9,9 +9,10 @@ without a cached or local file, the failure is a `UserError` that says what to d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -164,11 +165,15 @@ class SpecialBackbone:
 
 # Backbones that are not timm models; every other name is looked up in timm. Adding one: a builder returning a
 # `Trunk` (a module with `forward_features`, its feature width, its input normalisation), then one entry here.
-SPECIAL_BACKBONES: dict[str, SpecialBackbone] = {
-    "bninception": SpecialBackbone(
-        bninception_trunk, BNINCEPTION, "BN-Inception (pretrainedmodels), Caffe convention: BGR, 0-255, mean subtracted"
-    ),
-}
+SPECIAL_BACKBONES: Mapping[str, SpecialBackbone] = MappingProxyType(
+    {
+        "bninception": SpecialBackbone(
+            bninception_trunk,
+            BNINCEPTION,
+            "BN-Inception (pretrainedmodels), Caffe convention: BGR, 0-255, mean subtracted",
+        ),
+    }
+)
 
 
 def input_spec_for(name: str) -> Normalization:

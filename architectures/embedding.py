@@ -9,7 +9,8 @@ then LayerNorm without affine parameters (the reference), L2 normalisation, or n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,13 @@ from torch import nn
 
 from architectures.normalization import Normalization
 
-POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "avg": lambda features: features.mean(dim=(2, 3)),
-    "max": lambda features: features.amax(dim=(2, 3)),
-    "avgmax": lambda features: features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)),
-}
+POOLINGS: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType(
+    {
+        "avg": lambda features: features.mean(dim=(2, 3)),
+        "max": lambda features: features.amax(dim=(2, 3)),
+        "avgmax": lambda features: features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)),
+    }
+)
 """Global poolings of a B×C×H×W map to B×C (`avgmax`: their sum, the reference's `double`)."""
 
 EMBED_NORMS = ("layernorm", "l2", "none")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -151,7 +152,7 @@ def _not(value: Any) -> bool:
     return not value
 
 
-REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
+_REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
     # --- training schedule -----------------------------------------------------------------------------
     "n_epochs": _rename("epochs"),
     "decay": _rename("weight_decay"),
@@ -244,6 +245,8 @@ REFERENCE_OPTIONS: dict[str, ReferenceOption] = {
     "data_ssl_set": _no_effect("unused by the reference"),
     "loss_oproxy_mode": _no_effect("a name only in the reference"),
 }
+REFERENCE_OPTIONS: Mapping[str, ReferenceOption] = MappingProxyType(_REFERENCE_OPTIONS)
+"""The table above, read-only: every option of the reference's ``parameters.py`` by name."""
 
 
 def _show(value: Any) -> str:

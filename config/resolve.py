@@ -11,14 +11,17 @@ been checked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from metrics.names import QUERY_GALLERY_METRICS, canonical_metric_name, resolve_metric
 from metrics.settings import DEFAULT_METRICS
 from utilities.errors import UserError
 
+if TYPE_CHECKING:  # annotations only: the schema resolves through this module
+    from config.schema import Config
 
-def resolve(cfg: Any) -> Any:
+
+def resolve(cfg: Config) -> Config:
     """Rewrite the values that depend on others (see the module docstring); returns `cfg`."""
     cfg.evaluation_metrics = [canonical_metric_name(m) for m in cfg.evaluation_metrics]
     _query_gallery_metrics(cfg)
@@ -28,16 +31,17 @@ def resolve(cfg: Any) -> Any:
     return cfg
 
 
-def _query_gallery_metrics(cfg: Any) -> None:
+def _query_gallery_metrics(cfg: Config) -> None:
     one_set_only = [m for m in cfg.evaluation_metrics if not resolve_metric(m)[0].query_gallery]
     if not one_set_only:
         return
-    from datasets.build import has_query_gallery  # the dataset loaders (and torchvision) only when needed
+    # the dataset registry (its loaders, torchvision) only when needed
+    from datasets.build import has_query_gallery, query_gallery_name
 
     if not has_query_gallery(cfg.dataset, cfg.source_path):
         return
     if cfg.evaluation_metrics != list(DEFAULT_METRICS):
-        where = "In-Shop" if cfg.dataset == "inshop" else f"{cfg.dataset} data with query and gallery splits"
+        where = query_gallery_name(cfg.dataset)
         raise UserError(
             f"key 'evaluation_metrics': {', '.join(one_set_only)} do not exist for {where} (query -> gallery); "
             "leave them out (e.g. --evaluation_metrics recall@1 recall@10 map@r)"

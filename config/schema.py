@@ -143,10 +143,9 @@ def coerce(key: str, value: Any) -> Any:
             value = [value]
         if not isinstance(value, list | tuple):
             value = [value]
-        if key == "evaluation_metrics":
-            from metrics import parse_metric_list
-
-            value = parse_metric_list([str(v) for v in value])
+        parse = FIELDS[key].metadata.get("parse")
+        if parse is not None:
+            value = parse([str(v) for v in value])
         return [_coerce_scalar(v, item, key) for v in value]
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
@@ -161,9 +160,10 @@ def key_table() -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         choices = field_choices(f)
-        listed = f" ({' / '.join(map(str, choices))})" if choices and f.name != "loss" else ""
+        table = f.metadata.get("table")
+        listed = f" ({' / '.join(map(str, choices))})" if choices and not table else ""
         aliases = f" (also `{'`, `'.join(f.metadata['aliases'])}`)" if f.metadata.get("aliases") else ""
-        help_text = "base proxy loss (the table below)" if f.name == "loss" else f.metadata["help"]
+        help_text = table or f.metadata["help"]
         cell = str(shown).replace("|", "\\|") if shown != "" else "''"
         rows.append(f"| `{f.name}`{aliases} | `{cell}` | {help_text.replace('|', '/')}{listed} |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ Entry point: ``build_criterion(cfg, n_classes)`` builds the base proxy loss name
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from criteria.base import AdversarialCriterion, Criterion, LossEntry, LossKey, ProxyLoss
 from criteria.dada import DADACriterion, ProxyCriterion
@@ -21,7 +21,7 @@ from criteria.proxy_losses import (
     masked_logsumexp,
 )
 from criteria.registry import LOSS_KEYS, LOSSES, PROXY_LOSSES, build_base_loss
-from criteria.settings import CriterionSettings, DADASettings, check_criterion
+from criteria.settings import CriterionInputs, CriterionSettings, DADASettings, check_criterion
 from criteria.softtriple import SoftTripleLoss
 from utilities.settings import defaults_of, settings_of
 
@@ -52,18 +52,6 @@ __all__ = [
     "build_criterion",
     "masked_logsumexp",
 ]
-
-
-class CriterionInputs(Protocol):
-    """What `build_criterion` reads besides the DADA keys (`DADASettings`) and the loss's own keys (its
-    registry entry); the configuration is one."""
-
-    loss: str
-    dada: bool
-    proxy_init_std: float
-    embed_dim: int
-    samples_per_class: int
-    seed: int
 
 
 OTHER_PARTS_DEFAULTS: dict[str, Any] = {"embed_dim": 512, "samples_per_class": 2, "seed": 0}

@@ -12,16 +12,19 @@ BatchNorm exists only when ``out_bn`` is set.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(negative_slope=0.01),
-}
+ACTIVATIONS: Mapping[str, Callable[[], nn.Module]] = MappingProxyType(
+    {
+        "relu": nn.ReLU,
+        "leaky_relu": lambda: nn.LeakyReLU(negative_slope=0.01),
+    }
+)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -117,7 +120,9 @@ def l1_discrepancy(source_logits: Tensor, target_logits: Tensor) -> Tensor:
     return (F.softmax(source_logits, dim=1) - F.softmax(target_logits, dim=1)).abs().mean()
 
 
-DISCREPANCIES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "nwd": nuclear_norm_discrepancy,
-    "l1": l1_discrepancy,
-}
+DISCREPANCIES: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(
+    {
+        "nwd": nuclear_norm_discrepancy,
+        "l1": l1_discrepancy,
+    }
+)

@@ -20,7 +20,8 @@ default, help and choices); docs/extending.md walks through an example.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Protocol
 
 from criteria import norm_softmax, proxy_losses, softtriple  # noqa: F401 - importing a loss module registers it
 from criteria.base import REGISTERED_LOSSES, LossEntry, LossKey, ProxyLoss
@@ -29,7 +30,9 @@ from utilities.errors import UserError
 LOSSES: Mapping[str, LossEntry] = REGISTERED_LOSSES
 _ENTRIES: tuple[LossEntry, ...] = tuple(LOSSES.values())
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
-PROXY_LOSSES: dict[str, type[ProxyLoss]] = {name: entry.loss_class for name, entry in LOSSES.items()}
+PROXY_LOSSES: Mapping[str, type[ProxyLoss]] = MappingProxyType(
+    {name: entry.loss_class for name, entry in LOSSES.items()}
+)
 
 
 def _collect_keys() -> dict[str, LossKey]:
@@ -42,7 +45,7 @@ def _collect_keys() -> dict[str, LossKey]:
     return keys
 
 
-LOSS_KEYS: dict[str, LossKey] = _collect_keys()
+LOSS_KEYS: Mapping[str, LossKey] = MappingProxyType(_collect_keys())
 
 
 def loss_help() -> str:
@@ -65,7 +68,15 @@ def loss_table() -> str:
     return "\n".join(lines)
 
 
-def check_loss_config(cfg: Any) -> None:
+class LossInputs(Protocol):
+    """What the registry reads by name (`CriterionSettings` keys); it reads a loss's own keys as the loss's
+    entry declares them (they join the schema at run time, so an entry's `build` and `check` take `Any`)."""
+
+    loss: str
+    dada: bool
+
+
+def check_loss_config(cfg: LossInputs) -> None:
     """``UserError`` (one line) for an unknown ``loss``, impossible values of its keys, or ``dada`` with a
     loss of several proxies per class (DADA's proxy domain and class predictor need one proxy per class)."""
     entry = _checked_entry(cfg)
@@ -76,7 +87,7 @@ def check_loss_config(cfg: Any) -> None:
         )
 
 
-def _checked_entry(cfg: Any) -> LossEntry:
+def _checked_entry(cfg: LossInputs) -> LossEntry:
     """The entry of ``cfg.loss``, after checking the values of the keys it reads."""
     entry = LOSSES.get(cfg.loss)
     if entry is None:
@@ -90,6 +101,6 @@ def _checked_entry(cfg: Any) -> LossEntry:
     return entry
 
 
-def build_base_loss(cfg: Any) -> ProxyLoss:
+def build_base_loss(cfg: LossInputs) -> ProxyLoss:
     """The base loss named by ``cfg.loss``, after checking the values of the keys it reads."""
     return _checked_entry(cfg).build(cfg)

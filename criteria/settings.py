@@ -6,20 +6,20 @@ one check of their values, run by the configuration and by `build_criterion`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from criteria.discriminators import ACTIVATIONS, DISCREPANCIES
 from criteria.mixing import MIX_MODES
-from criteria.registry import LOSS_NAMES, check_loss_config, loss_help
+from criteria.registry import LOSS_NAMES, LossInputs, check_loss_config, loss_help
 from utilities.errors import UserError
-from utilities.settings import check_settings, setting
+from utilities.settings import check_settings, setting, settings_of
 
 
 @dataclass
 class CriterionSettings:
     """The base proxy loss, its proxies, and whether DADA wraps it."""
 
-    loss: str = setting("proxy_anchor", loss_help(), LOSS_NAMES)
+    loss: str = setting("proxy_anchor", loss_help(), LOSS_NAMES, table="base proxy loss (the table below)")
     dada: bool = setting(True, "wrap the base loss with the DADA criterion (false: plain baseline)")
     proxy_init_std: float = setting(0.125, "proxies start as N(0, std^2)", at_least=0)
 
@@ -48,16 +48,26 @@ class DADASettings:
     activation: str = setting("relu", "activation of the discriminators", tuple(ACTIVATIONS))
 
 
-def check_dada(settings: Any, samples_per_class: int) -> None:
-    """DADA's keys (`settings`: any object holding them) and what they need of the batch."""
+def check_dada(settings: DADASettings, samples_per_class: int) -> None:
+    """DADA's keys and what they need of the batch."""
     check_settings(DADASettings, settings)
     if settings.pos_class_mix and samples_per_class < 2:
         raise UserError("key 'pos_class_mix' needs samples_per_class >= 2")
 
 
-def check_criterion(cfg: Any) -> None:
+class CriterionInputs(LossInputs, Protocol):
+    """What `build_criterion` and `check_criterion` read besides the DADA keys (`DADASettings`) and the loss's
+    own keys (its registry entry); the configuration is one."""
+
+    proxy_init_std: float
+    embed_dim: int
+    samples_per_class: int
+    seed: int
+
+
+def check_criterion(cfg: CriterionInputs) -> None:
     """`UserError` (one line naming the key) for the loss, its keys, the proxies and, with `dada`, DADA's keys."""
     check_loss_config(cfg)  # the loss, the values of its own keys, dada with several centres per class
     check_settings(CriterionSettings, cfg)
     if cfg.dada:
-        check_dada(cfg, cfg.samples_per_class)
+        check_dada(settings_of(DADASettings, cfg), cfg.samples_per_class)

@@ -7,8 +7,9 @@ evaluation and the dry run (which never decodes an image unless asked to).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ def load_rgb_uint8(path: str) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
-IMAGE_LOADERS: dict[str, Callable[[str], Any]] = {"pil": load_rgb, "torchvision": load_rgb_uint8}
+IMAGE_LOADERS: Mapping[str, Callable[[str], Any]] = MappingProxyType({"pil": load_rgb, "torchvision": load_rgb_uint8})
 """How `ImageDataset` decodes a file, by the `decoder` its transform declares (PIL image or uint8 tensor)."""
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datasets.base import ImageDataset, SplitFiles
 from datasets.cars196 import load_cars196
@@ -18,6 +19,26 @@ from datasets.synthetic import ensure_synthetic, load_synthetic
 from datasets.transforms import IMAGENET, Normalization, build_transform
 from utilities.errors import UserError
 
+if TYPE_CHECKING:  # annotations only: the keys import this registry for their choices
+    from datasets.settings import DataSettings
+
+
+class DatasetInputs(Protocol):
+    """What `build_datasets` and the registry's `prepare` read: data keys (`DataSettings`) and the run's
+    `seed`, which the synthetic set is generated from. The configuration is one."""
+
+    dataset: str
+    source_path: str
+    augmentation: str
+    image_decoder: str
+    resolution: int
+    val_classes: float
+    test_classes: float
+    synthetic_classes: int
+    synthetic_images_per_class: int
+    synthetic_image_size: int
+    seed: int
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -27,7 +48,8 @@ class DatasetSpec:
     `source_is_data`: `source_path` is the data itself (a folder of class folders, a CSV manifest) instead of
     the root under which `<source_path>/<name>/` lives. `query_gallery(folder)` says whether its evaluation
     splits are query and gallery (In-Shop, user data that defines them); such data is evaluated query ->
-    gallery and refuses clustering metrics. `prepare(root, cfg)` makes the data first (the synthetic set).
+    gallery and refuses clustering metrics; `query_gallery_name` is what messages call such data (empty:
+    "<name> data with query and gallery splits"). `prepare(root, cfg)` makes the data first (the synthetic set).
     `check(cfg)` raises `UserError` for values of the keys only this dataset reads.
     """
 
@@ -36,46 +58,56 @@ class DatasetSpec:
     source_is_data: bool = False
     keys: tuple[str, ...] = ()
     query_gallery: Callable[[Path], bool] = lambda folder: False
-    prepare: Callable[[Path, Any], Path] | None = None
-    check: Callable[[Any], None] | None = None
+    query_gallery_name: str = ""
+    prepare: Callable[[Path, DatasetInputs], Path] | None = None
+    check: Callable[[DataSettings], None] | None = None
 
 
-def _check_synthetic(cfg: Any) -> None:
+def _check_synthetic(cfg: DataSettings) -> None:
     if cfg.synthetic_classes < 4:
         raise UserError("key 'synthetic_classes' must be at least 4 (half train, half test)")
 
 
-def _make_synthetic(root: Path, cfg: Any) -> Path:
+def _make_synthetic(root: Path, cfg: DatasetInputs) -> Path:
     return ensure_synthetic(
         root, cfg.synthetic_classes, cfg.synthetic_images_per_class, cfg.synthetic_image_size, cfg.seed
     )
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "cub200": DatasetSpec(load_cub200, "CUB-200-2011: classes 1-100 train, 101-200 test"),
-    "cars196": DatasetSpec(load_cars196, "CARS196: 98 classes train, 98 test"),
-    "online_products": DatasetSpec(load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"),
-    "inshop": DatasetSpec(load_inshop, "In-Shop: train items; query -> gallery test", query_gallery=lambda _: True),
-    "synthetic": DatasetSpec(
-        load_synthetic,
-        "the generated 'synthetic birds' benchmark: half the classes train",
-        prepare=_make_synthetic,
-        check=_check_synthetic,
-    ),
-    "folder": DatasetSpec(
-        load_folder,
-        "your images: train/ + test/, train/ + query/ + gallery/, or class folders split by test_classes",
-        source_is_data=True,
-        keys=("test_classes",),
-        query_gallery=folder_has_query_gallery,
-    ),
-    "csv": DatasetSpec(
-        load_csv,
-        "your images listed in an open-metric-learning manifest (label, path, split, is_query, is_gallery)",
-        source_is_data=True,
-        query_gallery=manifest_has_query_gallery,
-    ),
-}
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
+    {
+        "cub200": DatasetSpec(load_cub200, "CUB-200-2011: classes 1-100 train, 101-200 test"),
+        "cars196": DatasetSpec(load_cars196, "CARS196: 98 classes train, 98 test"),
+        "online_products": DatasetSpec(
+            load_online_products, "Stanford Online Products: Ebay_train.txt / Ebay_test.txt"
+        ),
+        "inshop": DatasetSpec(
+            load_inshop,
+            "In-Shop: train items; query -> gallery test",
+            query_gallery=lambda _: True,
+            query_gallery_name="In-Shop",
+        ),
+        "synthetic": DatasetSpec(
+            load_synthetic,
+            "the generated 'synthetic birds' benchmark: half the classes train",
+            prepare=_make_synthetic,
+            check=_check_synthetic,
+        ),
+        "folder": DatasetSpec(
+            load_folder,
+            "your images: train/ + test/, train/ + query/ + gallery/, or class folders split by test_classes",
+            source_is_data=True,
+            keys=("test_classes",),
+            query_gallery=folder_has_query_gallery,
+        ),
+        "csv": DatasetSpec(
+            load_csv,
+            "your images listed in an open-metric-learning manifest (label, path, split, is_query, is_gallery)",
+            source_is_data=True,
+            query_gallery=manifest_has_query_gallery,
+        ),
+    }
+)
 """The dataset registry: `dataset` names and everything the rest of the code needs to know about each."""
 
 
@@ -86,6 +118,12 @@ def has_query_gallery(dataset: str, source_path: str | Path) -> bool:
     if spec is None:
         return False
     return spec.query_gallery(Path(source_path) if spec.source_is_data else Path(source_path) / dataset)
+
+
+def query_gallery_name(dataset: str) -> str:
+    """What messages call the query -> gallery data of `dataset` (In-Shop: "In-Shop")."""
+    spec = DATASETS.get(dataset)
+    return (spec.query_gallery_name if spec else "") or f"{dataset} data with query and gallery splits"
 
 
 def split_validation(train: SplitFiles, fraction: float) -> tuple[SplitFiles, SplitFiles]:
@@ -110,13 +148,11 @@ def _check_val_fraction(value: Any) -> float:
     return float(value)
 
 
-def build_datasets(cfg: Any, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
+def build_datasets(cfg: DatasetInputs, normalization: Normalization = IMAGENET) -> dict[str, ImageDataset]:
     """Splits of `cfg.dataset` under `cfg.source_path`: train (training transform) and the others (eval).
 
-    Reads `dataset`, `source_path`, `augmentation`, `image_decoder`, `resolution`, `val_classes`, for the
-    synthetic benchmark `seed`, `synthetic_classes`, `synthetic_images_per_class`, `synthetic_image_size`, and
-    for `folder` `test_classes`. Returns {"train", "test"} ({"train", "query", "gallery"} for In-Shop and user
-    data with query and gallery), plus "val" when `val_classes > 0`.
+    Returns {"train", "test"} ({"train", "query", "gallery"} for In-Shop and user data with query and gallery),
+    plus "val" when `val_classes > 0`.
     """
     name = cfg.dataset
     if name not in DATASETS:

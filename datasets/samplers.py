@@ -13,7 +13,8 @@ exactly the batch a single process would use. Call `set_epoch(epoch)` before ite
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 
@@ -226,10 +227,12 @@ class MPerClassBatchSampler(_GlobalBatchSampler):
         return extra
 
 
-SAMPLERS: dict[str, type[_GlobalBatchSampler]] = {
-    "class_random": ClassRandomBatchSampler,
-    "m_per_class": MPerClassBatchSampler,
-}
+SAMPLERS: Mapping[str, type[_GlobalBatchSampler]] = MappingProxyType(
+    {
+        "class_random": ClassRandomBatchSampler,
+        "m_per_class": MPerClassBatchSampler,
+    }
+)
 """Batch samplers by the `data_sampler` name of the configuration."""
 
 

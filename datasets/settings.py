@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from utilities.errors import UserError
 from utilities.settings import setting
@@ -78,7 +77,7 @@ class DataSettings:
     synthetic_image_size: int = setting(64, "synthetic benchmark: side of the generated images in pixels", at_least=1)
 
 
-def check_data(cfg: Any) -> None:
+def check_data(cfg: DataSettings) -> None:
     """Batches of whole class draws, and the chosen dataset's own check of the keys it reads."""
     from datasets.build import DATASETS
 

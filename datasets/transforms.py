@@ -32,7 +32,8 @@ accepts a PIL image.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 from PIL import Image
@@ -94,13 +95,15 @@ def _v2(resolution: int) -> list[Callable]:
     ]
 
 
-AUGMENTATIONS: dict[str, Callable[[int], list[Callable]]] = {
-    "base": _base,
-    "auto": _auto,
-    "big": _big,
-    "adv": _adv,
-    "v2": _v2,
-}
+AUGMENTATIONS: Mapping[str, Callable[[int], list[Callable]]] = MappingProxyType(
+    {
+        "base": _base,
+        "auto": _auto,
+        "big": _big,
+        "adv": _adv,
+        "v2": _v2,
+    }
+)
 """Training-pipeline builders by `augmentation` name; each takes the resolution (crop size)."""
 
 

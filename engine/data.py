@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,9 +20,6 @@ from datasets.base import ImageDataset
 from datasets.samplers import build_batch_sampler
 from utilities.distributed import DistInfo
 from utilities.seeding import derive_seed
-
-if TYPE_CHECKING:  # annotations only: the configuration package sits above the engine
-    from config import Config
 
 
 class SeededBatches:
@@ -75,6 +72,18 @@ class SeededAugmentation(Dataset):
         return sample
 
 
+class TrainingDataInputs(Protocol):
+    """What `build_training_data` reads: the batch keys (`datasets.settings.DataSettings`) and the run's seed
+    and loader workers (`engine.settings.RunSettings`). The configuration is one."""
+
+    data_sampler: str
+    batch_size: int
+    samples_per_class: int
+    iterations_per_epoch: int
+    seed: int
+    workers: int
+
+
 def loader_generator(seed: int) -> torch.Generator:
     """A generator for a DataLoader's own draws (worker base seeds), so they leave the global RNG alone."""
     return torch.Generator().manual_seed(derive_seed(seed, -1))  # -1: a stream no epoch uses
@@ -104,7 +113,7 @@ def build_train_loader(
 
 
 def build_training_data(
-    cfg: Config, dataset: ImageDataset, device: torch.device, dist: DistInfo
+    cfg: TrainingDataInputs, dataset: ImageDataset, device: torch.device, dist: DistInfo
 ) -> tuple[DataLoader, SeededBatches]:
     """The training loader of a run (its sampler, global batch, seeds and loader workers as `cfg` sets them):
     what rank `dist.rank` of `dist.world_size` trains on. The trainer builds its loader here, and so does the

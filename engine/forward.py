@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: Mapping[str, torch.dtype | None] = MappingProxyType(
+    {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+)
 """The `precision` values: the autocast dtype of the forward passes (None: plain float32)."""
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,8 +47,26 @@ class Preprocessing:
         return asdict(self)
 
 
-def preprocessing_of(cfg: Any) -> Preprocessing:
-    """The evaluation preprocessing of a configuration (`resolution`, `augmentation`, `arch`)."""
+class PreprocessingInputs(Protocol):
+    """What `preprocessing_of` reads: the backbone (`architectures.settings.ModelSettings`) and the image keys
+    (`datasets.settings.DataSettings`). A checkpoint's configuration is one."""
+
+    arch: str
+    resolution: int
+    augmentation: str
+
+
+class InferenceInputs(PreprocessingInputs, Protocol):
+    """What `InferenceModel` reads, besides the preprocessing: the embedding width, the image decoder and the
+    memory format."""
+
+    embed_dim: int
+    image_decoder: str
+    channels_last: bool
+
+
+def preprocessing_of(cfg: PreprocessingInputs) -> Preprocessing:
+    """The evaluation preprocessing of a configuration."""
     from architectures import input_spec_for
     from datasets.transforms import eval_crop, eval_resize
 
@@ -89,7 +107,7 @@ class _Files:
 class InferenceModel:
     """A checkpoint's embedding network with its preprocessing; `embed` turns images into unit vectors."""
 
-    def __init__(self, network: nn.Module, cfg: Any, checkpoint: Path, device: torch.device) -> None:
+    def __init__(self, network: nn.Module, cfg: InferenceInputs, checkpoint: Path, device: torch.device) -> None:
         from architectures import input_spec_for
         from datasets.transforms import build_transform
 

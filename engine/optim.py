@@ -10,9 +10,10 @@ once per epoch, only after the warm-up epochs, so the schedule starts counting a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,7 +21,12 @@ from torch import nn
 from criteria.base import Criterion, ParamGroup
 from utilities.errors import UserError
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+if TYPE_CHECKING:  # annotations only: the keys import these registries for their choices
+    from engine.settings import OptimSettings
+
+OPTIMIZERS: Mapping[str, type[torch.optim.Optimizer]] = MappingProxyType(
+    {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+)
 
 
 def check_group_coverage(modules: Iterable[nn.Module], groups: Iterable[ParamGroup]) -> None:
@@ -37,7 +43,7 @@ def check_group_coverage(modules: Iterable[nn.Module], groups: Iterable[ParamGro
         raise RuntimeError(f"trainable parameters in no optimizer group: {', '.join(missing)}")
 
 
-def build_optimizers(cfg: Any, model: nn.Module, criterion: Criterion) -> dict[str, torch.optim.Optimizer]:
+def build_optimizers(cfg: OptimSettings, model: nn.Module, criterion: Criterion) -> dict[str, torch.optim.Optimizer]:
     """`backbone`, `proxy` and (for adversarial criteria) `discriminator` optimizers.
 
     The fused (single-kernel) implementations compute the same update as the reference's per-parameter loop
@@ -58,43 +64,46 @@ class Schedule:
     """One `scheduler` value: `build(cfg, optimizer)` (None: constant rates) and `check(cfg)`, which raises
     `UserError` for values of the keys it reads that it cannot use."""
 
-    build: Callable[[Any, torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]
-    check: Callable[[Any], None] = lambda cfg: None
+    build: Callable[[OptimSettings, torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]
+    check: Callable[[OptimSettings], None] = lambda cfg: None
 
 
-def _check_step(cfg: Any) -> None:
+def _check_step(cfg: OptimSettings) -> None:
     if cfg.lr_step < 1:
         raise UserError("key 'lr_step' must be at least 1 with scheduler: step")
 
 
-def _check_linear(cfg: Any) -> None:
+def _check_linear(cfg: OptimSettings) -> None:
     if not (0.0 < cfg.lr_linear_start <= 1.0 and 0.0 <= cfg.lr_linear_end <= 1.0 and cfg.lr_linear_length >= 1):
         raise UserError("keys 'lr_linear_start' (0, 1], 'lr_linear_end' [0, 1] and 'lr_linear_length' >= 1")
 
 
-SCHEDULES: dict[str, Schedule] = {
-    "step": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma), _check_step
-    ),
-    "multi": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
-    ),
-    "linear": Schedule(
-        lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
-            opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+SCHEDULES: Mapping[str, Schedule] = MappingProxyType(
+    {
+        "step": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma),
+            _check_step,
         ),
-        _check_linear,
-    ),
-    "none": Schedule(lambda cfg, opt: None),
-}
+        "multi": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
+        ),
+        "linear": Schedule(
+            lambda cfg, opt: torch.optim.lr_scheduler.LinearLR(
+                opt, start_factor=cfg.lr_linear_start, end_factor=cfg.lr_linear_end, total_iters=cfg.lr_linear_length
+            ),
+            _check_linear,
+        ),
+        "none": Schedule(lambda cfg, opt: None),
+    }
+)
 """The `scheduler` values: one schedule definition, applied to every optimizer (`none`: constant rates)."""
 
 
-def _schedule(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _schedule(cfg: OptimSettings, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
     return SCHEDULES[cfg.scheduler].build(cfg, optimizer)
 
 
-def build_schedulers(cfg: Any, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+def build_schedulers(cfg: OptimSettings, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
     """One scheduler per optimizer from the one `scheduler` definition (`none`: no scheduler)."""
     schedulers = {name: _schedule(cfg, opt) for name, opt in optimizers.items()}
     return {name: s for name, s in schedulers.items() if s is not None}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from engine.forward import PRECISIONS
 from engine.optim import OPTIMIZERS, SCHEDULES
@@ -71,12 +70,12 @@ class OptimSettings:
     )
 
 
-def check_run(cfg: Any) -> None:
+def check_run(cfg: RunSettings) -> None:
     """`resume: auto` names its run folder: it needs an explicit save_name."""
     if cfg.resume == "auto" and not cfg.save_name:
         raise UserError("resume: auto needs an explicit save_name (the run folder it continues or starts)")
 
 
-def check_optimisation(cfg: Any) -> None:
+def check_optimisation(cfg: OptimSettings) -> None:
     """The chosen schedule's own check of the keys it reads."""
     SCHEDULES[cfg.scheduler].check(cfg)

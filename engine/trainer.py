@@ -30,6 +30,7 @@ from engine.interrupts import StopControl, TrainingStopped
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
 from engine.runtime import resolve_device
+from engine.settings import RunSettings
 from engine.step import StepContext, train_step
 from utilities.distributed import (
     DistInfo,
@@ -481,7 +482,7 @@ def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:
     )
 
 
-def _tensorboard(cfg: Config, folder: Path):
+def _tensorboard(cfg: RunSettings, folder: Path):
     if not cfg.tensorboard:
         return None
     try:

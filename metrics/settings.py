@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from metrics.names import parse_metric_list
 from utilities.settings import setting
 
 DEFAULT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
@@ -22,7 +23,9 @@ class EvalSettings:
     """What an evaluation computes, how often, and with which search."""
 
     evaluation_metrics: list[str] = setting(
-        list(DEFAULT_METRICS), "metrics computed at evaluation (In-Shop default: recall@1/10/20/30/40/50, map@r)"
+        list(DEFAULT_METRICS),
+        "metrics computed at evaluation (In-Shop default: recall@1/10/20/30/40/50, map@r)",
+        parse=parse_metric_list,
     )
     eval_every: int = setting(1, "evaluate every this many epochs (and after the last)", at_least=1)
     eval_backend: str = setting("auto", "nearest-neighbour backend", _backends)

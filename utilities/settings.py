@@ -34,16 +34,24 @@ def setting(
     less_than: float | None = None,
     what: str = "",
     aliases: tuple[str, ...] = (),
+    parse: Callable[[list[str]], list[Any]] | None = None,
+    table: str = "",
 ) -> Any:
     """A configuration key as a dataclass field: default, one-line help, allowed values (a sequence, or a
     function returning a registry's names, read when needed), bounds (`what` names the kind of value in
-    the error, e.g. "a fraction") and older names still accepted for it (`aliases`)."""
+    the error, e.g. "a fraction") and older names still accepted for it (`aliases`).
+
+    `parse` (a list key): turns the values given for the key in a YAML file or on the command line, as
+    strings, into the list's items (e.g. several spellings of one name). `table`: the key's description in
+    the documentation's key table when its help is too long for it (its choices are then listed elsewhere)."""
     meta = {
         "aliases": tuple(aliases),
         "help": help,
         "choices": choices if callable(choices) or not choices else tuple(choices),
         "bounds": (at_least, more_than, at_most, less_than),
         "what": what,
+        "parse": parse,
+        "table": table,
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)

@@ -110,3 +110,38 @@ def test_schedule_and_dataset_entries_check_their_own_keys() -> None:
     assert config_from_dict({"scheduler": "multi", "lr_step": 0}).lr_step == 0  # only step reads it
     with pytest.raises(UserError, match="key 'synthetic_classes' must be at least 4"):
         config_from_dict({"dataset": "synthetic", "synthetic_classes": 2})
+
+
+def test_the_inputs_a_builder_declares_are_keys_of_the_schema_with_their_schema_types() -> None:
+    """A builder that reads keys of several parts declares them in a Protocol: each name there is a key, typed
+    as the part that owns it declares it (a misspelt or retyped key fails here)."""
+    import typing
+
+    from config.schema import KEY_TYPES
+    from criteria.registry import LossInputs
+    from criteria.settings import CriterionInputs
+    from datasets.build import DatasetInputs
+    from engine.data import TrainingDataInputs
+    from engine.inference import InferenceInputs, PreprocessingInputs
+
+    protocols = (LossInputs, CriterionInputs, DatasetInputs, TrainingDataInputs, PreprocessingInputs, InferenceInputs)
+    for protocol in protocols:
+        hints = typing.get_type_hints(protocol)
+        assert hints and {name: KEY_TYPES.get(name) for name in hints} == hints, protocol.__name__
+
+
+def test_coerce_applies_the_parser_a_key_declares(monkeypatch) -> None:
+    """The configuration converts a list key's values with the parser declared on the key (`setting(parse=)`),
+    knowing no key by name: metric names in every spelling, and any other key that declares one."""
+    from config import schema
+
+    assert schema.coerce("evaluation_metrics", "['e_recall@1', 'e_recall@2']") == ["recall@1", "recall@2"]
+
+    @dataclass
+    class Tags:
+        tags: list[str] = setting(["a"], "some tags", parse=lambda values: [v.upper() for v in values])
+
+    (tags,) = dataclasses.fields(Tags)
+    monkeypatch.setitem(schema.FIELDS, "tags", tags)
+    monkeypatch.setitem(schema.KEY_TYPES, "tags", list[str])
+    assert schema.coerce("tags", ["x", "y"]) == ["X", "Y"] and schema.coerce("tags", "z") == ["Z"]
