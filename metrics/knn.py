@@ -509,12 +509,12 @@ def _faiss_candidates(
     return ids_t, approx, tau, bound
 
 
-def _default_chunk(gallery_size: int | None, count: int, dim: int) -> int:
-    # one float32 score strip <= 128 MB and one float64 (rows, candidates, dim) re-scoring block <= 128 MB;
-    # without a strip (gallery_size None: the candidates are precomputed, the chunks are refined by several
-    # workers at once), re-scoring blocks of at most 128 rows, which stay in the allocator's cache instead of
-    # being mapped afresh for every chunk
-    by_strip = 2**25 // max(gallery_size, 1) if gallery_size is not None else 128
+def _default_chunk(gallery_size: int | None, count: int, dim: int, workers: int = 1) -> int:
+    # the float32 score strips of all workers <= 128 MB together and one float64 (rows, candidates, dim)
+    # re-scoring block <= 128 MB; without a strip (gallery_size None: the candidates are precomputed),
+    # re-scoring blocks of at most 128 rows, which stay in the allocator's cache instead of being mapped
+    # afresh for every chunk
+    by_strip = 2**25 // max(gallery_size * workers, 1) if gallery_size is not None else 128
     by_candidates = 2**24 // max(count * dim, 1)
     return int(min(1024, max(16, min(by_strip, by_candidates))))
 
@@ -575,11 +575,12 @@ def iter_knn(
         if queries.shape != gallery_embeddings.shape:
             raise ValueError("exclude_self needs the queries to be the gallery")
         shared = symmetric_candidates(gallery, count, candidate_dtype, workers=workers)
-    chunk = chunk or _default_chunk(None if shared is not None else gallery.size, count, gallery.dim)
+    workers = workers if index is None else 1  # faiss searches on its own threads
+    chunk = chunk or _default_chunk(None if shared is not None else gallery.size, count, gallery.dim, workers)
 
     def solve(start: int) -> tuple[torch.Tensor, KnnStats]:
         """The exact neighbours of the chunk of queries from row `start`, and how they were resolved."""
-        stats = KnnStats()
+        found = KnnStats()
         q = queries[start : start + chunk].to(device=device, dtype=torch.float32)
         rows = torch.arange(start, start + q.shape[0], device=device)
         self_cols = rows if exclude_self else None
@@ -596,11 +597,11 @@ def iter_knn(
             relevance = (query_labels[start : start + q.shape[0]].to(device), gallery_labels)
         rescore = index is None and candidate_dtype != torch.float32
         indices, certified = refine(
-            q, cand, approx, tau, bound, k, gallery, complete, stats, rescore=rescore, relevance=relevance
+            q, cand, approx, tau, bound, k, gallery, complete, found, rescore=rescore, relevance=relevance
         )
         failed = torch.nonzero(~certified)[:, 0]
         if len(failed):
-            stats.fp32_retry_rows += len(failed)
+            found.fp32_retry_rows += len(failed)
             retry_count = min(k + 4 * margin, eligible)
             sub_self = self_cols[failed] if self_cols is not None else None
             cand, approx, bound = torch_candidates(q[failed], sub_self, gallery, retry_count, torch.float32)
@@ -615,24 +616,23 @@ def iter_knn(
                 k,
                 gallery,
                 retry_count == eligible,
-                stats,
+                found,
                 rescore=False,
                 relevance=sub_rel,
             )
             indices[failed] = sub_idx
             still = torch.nonzero(~sub_ok)[:, 0]
             if len(still):
-                stats.full_rows += len(still)
+                found.full_rows += len(still)
                 rows_left = failed[still]
                 sub_self = self_cols[rows_left] if self_cols is not None else None
                 indices[rows_left] = full_exact_rows(q[rows_left], sub_self, k, gallery)
-        stats.rows += q.shape[0]
-        return indices, stats
+        found.rows += q.shape[0]
+        return indices, found
 
     starts = range(0, queries.shape[0], chunk)
-    # with the candidates computed (the symmetric search), chunks are independent and small: they are refined
-    # on the CPU workers together; otherwise one at a time, each with a whole score strip
-    solved = _run_all(solve, starts, workers) if shared is not None else map(solve, starts)
+    # chunks are independent: the CPU workers search them together (their results are small: k indices a row)
+    solved = _run_all(solve, starts, workers) if workers > 1 else map(solve, starts)
     for start, (indices, chunk_stats) in zip(starts, solved):
         stats.add(chunk_stats)
         yield start, indices
