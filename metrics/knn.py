@@ -24,7 +24,11 @@ How it stays exact while using a cheap search:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,11 +88,23 @@ def _one_thread_per_worker(workers: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+@functools.cache
+def _share_one_malloc_arena() -> None:
+    """Let the workers' threads allocate from glibc's main arena (``MALLOC_ARENA_MAX=1``, unless the environment
+    sets it). With an arena per thread, the memory of the workers' freed temporaries stays mapped in each
+    arena: the search of 60,502 x 512 peaked at 1.68 GB against 1.30 GB with one arena, in the same time."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (no libc.so.6): nothing to tune
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # -8: M_ARENA_MAX
+
+
 def _run_all(work: Callable[[object], object], items: Iterable[object], workers: int) -> list[object]:
     """`work` of every item, in order: on `workers` threads (each operation single-threaded) or inline."""
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [work(item) for item in items]
+    _share_one_malloc_arena()
     with _one_thread_per_worker(workers), ThreadPoolExecutor(workers) as pool:
         return list(pool.map(work, items))
 
@@ -108,7 +124,8 @@ class Gallery:
     def __init__(self, embeddings: torch.Tensor, device: torch.device) -> None:
         self.x32 = embeddings.to(device=device, dtype=torch.float32).contiguous()
         self.size, self.dim = self.x32.shape
-        self.h64 = torch.cat([0.5 * _squared_norms64(part) for part in self._parts(self.x32)])
+        self.workers = cpu_workers(device)
+        self.h64 = torch.cat(_run_all(lambda part: 0.5 * _squared_norms64(part), self._parts(self.x32), self.workers))
         self.max_h = float(self.h64.max()) if self.size else 0.0
         self.max_norm = math.sqrt(2 * self.max_h)
         # all norms (nearly) equal: the -|x|^2/2 term can be dropped from the candidate scores and its spread
@@ -131,11 +148,16 @@ class Gallery:
             padded_rows = math.ceil(max(self.size, 1) / PAD) * PAD
             low = torch.zeros(padded_rows, self.dim, dtype=dtype, device=self.device)
             low[: self.size] = self.x32.to(dtype)
-            max_low_norm, max_error = 0.0, 0.0
-            for part, part_low in zip(self._parts(self.x32), self._parts(low[: self.size])):
+
+            def norms(parts: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+                part, part_low = parts
                 rounded = part_low.double()
-                max_low_norm = max(max_low_norm, float(_squared_norms64(rounded).max().sqrt()))
-                max_error = max(max_error, float(_squared_norms64(rounded - part.double()).max().sqrt()))
+                return float(_squared_norms64(rounded).max()), float(_squared_norms64(rounded - part.double()).max())
+
+            pairs = list(zip(self._parts(self.x32), self._parts(low[: self.size])))
+            found = _run_all(norms, pairs, self.workers)
+            max_low_norm = math.sqrt(max(norm for norm, _ in found))
+            max_error = math.sqrt(max(error for _, error in found))
             h32 = None
             if not self.uniform_norms:
                 h32 = torch.full((padded_rows,), math.inf, dtype=torch.float32, device=self.device)
@@ -549,7 +571,7 @@ def iter_knn(
     """
     stats = stats if stats is not None else KnnStats()
     gallery = Gallery(gallery_embeddings, device)
-    workers = cpu_workers(device)
+    workers = gallery.workers
     eligible = gallery.size - (1 if exclude_self else 0)
     if not 1 <= k <= eligible:
         raise ValueError(f"k={k} must be between 1 and the number of eligible items {eligible}")
