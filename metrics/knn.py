@@ -449,7 +449,8 @@ def refine(
     candidates = candidates[:, :width]
     if rescore:
         vectors = gallery.x32.index_select(0, candidates.reshape(-1)).view(*candidates.shape, gallery.dim)
-        dots = torch.bmm(vectors, queries[:, :, None].float())[:, :, 0]
+        # products then a sum (any order keeps the float32 bound E2); twice as fast as bmm's small batches
+        dots = (vectors * queries[:, None, :].float()).sum(dim=-1)
         scores = dots.double() - gallery.h64[candidates]
         # candidates under the row's floor cannot be in its top k
         scores[approx[:, :width] < floor[:, None]] = -math.inf
