@@ -121,10 +121,10 @@ def _squared_norms64(x: torch.Tensor) -> torch.Tensor:
 class Gallery:
     """The searched set, prepared once: float32 vectors, float64 half squared norms, bound constants."""
 
-    def __init__(self, embeddings: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, embeddings: torch.Tensor, device: torch.device, workers: int | None = None) -> None:
         self.x32 = embeddings.to(device=device, dtype=torch.float32).contiguous()
         self.size, self.dim = self.x32.shape
-        self.workers = cpu_workers(device)
+        self.workers = workers or cpu_workers(device)
         self.h64 = torch.cat(_run_all(lambda part: 0.5 * _squared_norms64(part), self._parts(self.x32), self.workers))
         self.max_h = float(self.h64.max()) if self.size else 0.0
         self.max_norm = math.sqrt(2 * self.max_h)
@@ -557,6 +557,7 @@ def iter_knn(
     query_labels: torch.Tensor | None = None,
     gallery_labels: torch.Tensor | None = None,
     symmetric: bool = True,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_row, indices)`` per chunk of queries: the exact k nearest gallery items of each row.
 
@@ -569,9 +570,10 @@ def iter_knn(
     candidate stage computes every pair of the set once (``symmetric_candidates``) instead of every query
     against the whole gallery; the results are the same (``symmetric=False`` is the reference the tests
     compare it with).
+    ``workers``: threads that share the search (default `cpu_workers`: one per torch thread on the CPU).
     """
     stats = stats if stats is not None else KnnStats()
-    gallery = Gallery(gallery_embeddings, device)
+    gallery = Gallery(gallery_embeddings, device, workers)
     workers = gallery.workers
     eligible = gallery.size - (1 if exclude_self else 0)
     if not 1 <= k <= eligible:
