@@ -103,12 +103,7 @@ def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
     k = int(np.bincount(y).max()) - 1
     _, dtype = resolve_backend("torch", torch.device("cpu"))
     rows, hits = [], []
-    threads = torch.get_num_threads()
-    variants = [
-        (True, None, f"symmetric, {threads} workers"),
-        (True, 1, f"symmetric, 1 worker on {threads} torch threads"),
-        (False, None, f"per-query, {threads} workers"),
-    ]
+    variants = [(True, None, "symmetric"), (True, 1, "symmetric, one worker"), (False, None, "per-query")]
     for symmetric, workers, name in variants:
         stats = KnnStats()
         start = time.perf_counter()
