@@ -61,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.jobs is not None and options.jobs < 1:
             raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
         jobs = options.jobs or command.default_jobs()
-        command.check_parallel_data(spec, jobs)
         if spec.threads is None:
             spec.threads = command.cpu_threads(jobs)
         command.record_sweep(spec)

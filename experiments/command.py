@@ -101,16 +101,6 @@ def check_runs(spec: SweepSpec) -> None:
             run_config(spec, values, seed)
 
 
-def check_parallel_data(spec: SweepSpec, jobs: int) -> None:
-    """The synthetic benchmark is generated from `seed` into `<source_path>/synthetic`: parallel runs of different
-    seeds would replace each other's images while they read them."""
-    if jobs > 1 and len(spec.seeds) > 1 and run_config(spec, {}, spec.seeds[0]).dataset == "synthetic":
-        raise UserError(
-            "--jobs: the synthetic benchmark is generated from each run's seed into <source_path>/synthetic, so runs "
-            "of several seeds cannot train in parallel on one source_path; use --jobs 1 (or one seed)"
-        )
-
-
 def default_jobs() -> int:
     import torch
 

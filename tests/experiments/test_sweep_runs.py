@@ -17,7 +17,6 @@ from sweep_helpers import REPO, read_csv, run_sweep, sweep_command, tiny_keys
 import main as main_module
 import sweep
 
-# one seed: the synthetic benchmark is generated from the seed, so parallel workers share one seed's data
 GRID = ["--seeds", "0", "--grid", "dada=true,false", "lr=0.01,0.02", "--threads", "1"]
 SETTINGS = ["dada=true+lr=0.01", "dada=true+lr=0.02", "dada=false+lr=0.01", "dada=false+lr=0.02"]
 RUN_FILES = ["config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"]
@@ -164,3 +163,21 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it_once(g
     assert (
         sorted(t.user_attrs["setting"] for t in trials) == ["synthetic_image_size=32"] + ["synthetic_image_size=8"] * 2
     )
+
+
+def test_two_seeds_in_parallel_equal_them_one_after_the_other(tmp_path: Path):
+    """Each seed's synthetic benchmark has its own folder: two workers generate and read theirs at the same time."""
+    argv = ["--seeds", "0", "1", "--grid", "dada=false", "--threads", "1"]
+    parallel = run_sweep("--out", str(tmp_path / "parallel"), *argv, "--jobs", "2", *tiny_keys(tmp_path / "data_p"))
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    sequential = run_sweep("--out", str(tmp_path / "sequential"), *argv, "--jobs", "1", *tiny_keys(tmp_path / "data_s"))
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "data_p" / "synthetic").iterdir()) == ["seed0-8x6-32px", "seed1-8x6-32px"]
+
+    def comparable(out: str) -> list[dict[str, str]]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(tmp_path / out / "results.csv")]
+
+    rows = comparable("parallel")
+    assert [(r["seed"], r["status"]) for r in rows] == [("0", "done"), ("1", "done")]
+    assert rows[0]["recall@1"] != rows[1]["recall@1"] or rows[0]["map@r"] != rows[1]["map@r"]  # two data sets
+    assert rows == comparable("sequential")
