@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,3 +182,58 @@ def test_two_seeds_in_parallel_equal_them_one_after_the_other(tmp_path: Path):
     assert [(r["seed"], r["status"]) for r in rows] == [("0", "done"), ("1", "done")]
     assert rows[0]["recall@1"] != rows[1]["recall@1"] or rows[0]["map@r"] != rows[1]["map@r"]  # two data sets
     assert rows == comparable("sequential")
+
+
+def _processes_of(folder: Path) -> list[str]:
+    """Command lines of this machine's processes that name `folder` (torchrun and its ranks name the run folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(folder) in line:
+                found.append(line)
+    return found
+
+
+def test_gpus_per_run_trains_under_torchrun_is_killed_with_its_worker_and_resumes(tmp_path: Path):
+    """--gpus_per_run 2 on a CPU-only machine: each run on two gloo processes. A kill -9 of the sweep ends torchrun
+    and its ranks too; the same command resumes the run, which ends as `torchrun --nproc_per_node 2 main.py`."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    keys = [*tiny_keys(data), "--dada", "false"]
+    args = ["--out", str(out), "--seeds", "0", "--threads", "1", "--gpus_per_run", "2", *keys]
+    process = subprocess.Popen(sweep_command(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = out / "runs" / "base" / "seed0"
+    deadline = time.monotonic() + 300
+    while not (folder / "metrics.csv").is_file() and process.poll() is None:  # written after last.pt
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _processes_of(folder)  # torchrun and its ranks, started by the sweep's worker
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _processes_of(folder):  # killed with the worker: a run taken over is never trained twice at once
+        assert time.monotonic() < deadline, _processes_of(folder)
+        time.sleep(0.1)
+    before = read_csv(folder / "metrics.csv")
+    assert before[-1]["epoch"] != "2"  # killed in the middle of the run
+
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = read_csv(folder / "metrics.csv")
+    assert [r["epoch"] for r in after] == ["-1", "0", "1", "2"] and after[: len(before)] == before  # resumed
+    rows = read_csv(out / "results.csv")
+    assert [(r["setting"], r["status"]) for r in rows] == [("base", "done")]
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = [*command, *keys, "--seed", "0", "--save_path", str(tmp_path / "main"), "--save_name", "ddp"]
+    done = subprocess.run(reference, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = tmp_path / "main" / "synthetic" / "ddp"
+    drop_time = [{k: v for k, v in r.items() if k != "time"} for r in read_csv(theirs / "metrics.csv")]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in after] == drop_time
+    best = json.loads((theirs / "summary.json").read_text())["best"]
+    assert {key: float(rows[0][key]) for key in best} == best
