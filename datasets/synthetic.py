@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -365,6 +366,13 @@ def _start_method() -> str:
     return "fork" if forking and not distributed else "spawn"
 
 
+def _default_sigterm() -> None:
+    """A pool worker ends on SIGTERM, which the pool sends its workers when it closes: a forked worker would
+    otherwise keep its parent's handler, e.g. submitit's in a SLURM job, which ignores it, and the pool would wait
+    for it forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def generate(target: Path, n_classes: int, images_per_class: int, image_size: int, seed: int, workers: int) -> None:
     """Write a complete benchmark into the (new) folder `target`, metadata last."""
     classes = design_classes(n_classes, seed)
@@ -377,7 +385,7 @@ def generate(target: Path, n_classes: int, images_per_class: int, image_size: in
         for task in tasks:
             _render_class(task)
     else:
-        with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
+        with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_default_sigterm) as pool:
             pool.map(_render_class, tasks, chunksize=1)
     metadata = {
         "parameters": _parameters(n_classes, images_per_class, image_size, seed),

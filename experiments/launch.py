@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.slurm import SlurmOptions, TrainingJob, make_executor
+from experiments import worker
 from experiments.spec import SweepSpec, spec_from_dict, spec_to_dict
-from experiments.worker import run_worker
 from utilities.errors import UserError
 
 
@@ -50,7 +50,7 @@ def _worker_process(spec: SweepSpec, index: int, devices: str | None) -> None:
     from engine.interrupts import TrainingStopped
 
     try:
-        run_worker(spec, index, devices)
+        worker.run_worker(spec, index, devices)
     except TrainingStopped as stop:
         sys.exit(stop.exit_code)
 
@@ -62,7 +62,8 @@ def launch(spec: SweepSpec, jobs: int, first_index: int = 0) -> int:
     stopped by a signal in this process raises `engine.interrupts.TrainingStopped`."""
     devices = visible_devices()
     if jobs == 1:
-        run_worker(spec, first_index, device_group(0, spec.gpus_per_run, devices) if spec.gpus_per_run > 1 else None)
+        pinned = device_group(0, spec.gpus_per_run, devices) if spec.gpus_per_run > 1 else None
+        worker.run_worker(spec, first_index, pinned)
         return 0
     context = multiprocessing.get_context("spawn")
     processes = [

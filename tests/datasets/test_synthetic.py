@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import datasets.synthetic as synthetic
 from datasets import build_datasets, describe, ensure_synthetic
 from utilities.errors import UserError
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(n_classes=4, images_per_class=3, image_size=32)
 
 
@@ -167,3 +170,16 @@ def test_generation_inside_a_process_group_does_not_fork(tmp_path: Path) -> None
     finally:
         dist.destroy_process_group()
     assert tree_bytes(forked) and tree_bytes(forked) == tree_bytes(spawned)
+
+
+def test_generation_ends_in_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    """submitit's job process ignores SIGTERM (it only logs it); forked pool workers inherit that handler, and the
+    pool, which ends its workers with SIGTERM, waited for them forever (a 1-task SLURM job hung)."""
+    code = (
+        "import signal, sys; from pathlib import Path; from datasets import ensure_synthetic; "
+        "signal.signal(signal.SIGTERM, lambda *args: None); "
+        "ensure_synthetic(Path(sys.argv[1]), 4, 3, 32, seed=0, workers=2)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, timeout=120, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(synthetic.generation_folder(tmp_path, 4, 3, 32, 0).rglob("*.jpg"))) == 12
