@@ -46,7 +46,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="database URL (postgresql://, mysql://, sqlite:///); default: journal in OUT")
     parser.add_argument("--study", default="", help="study name prefix in the storage (default: the name of OUT)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes (default: one per --gpus_per_run CUDA devices, else 1) or jobs"
+        "--jobs",
+        type=int,
+        help="worker processes, or SLURM jobs (default: one per --gpus_per_run CUDA devices, else 1; SLURM: 1)",
     )
     parser.add_argument(
         "--gpus_per_run", type=int, default=1, help="above 1: each run under torchrun on this many GPUs (CPU: gloo)"
