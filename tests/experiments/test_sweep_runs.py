@@ -237,3 +237,27 @@ def test_gpus_per_run_trains_under_torchrun_is_killed_with_its_worker_and_resume
     assert [{k: v for k, v in r.items() if k != "time"} for r in after] == drop_time
     best = json.loads((theirs / "summary.json").read_text())["best"]
     assert {key: float(rows[0][key]) for key in best} == best
+
+
+def test_a_search_with_the_hyperband_pruner_prunes_or_completes_every_trial(grid_sweep: Path, tmp_path: Path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 0.000001, high: 0.05, log: true}\n")
+    out = tmp_path / "tune"
+    keys = [*tiny_keys(grid_sweep / "data"), "--synthetic_classes", "12", "--val_classes", "0.34"]
+    argv = ["--out", str(out), "--search", str(space), "--trials", "4", "--pruner", "hyperband", "--seeds", "0"]
+    threads = torch.get_num_threads()
+    try:
+        assert sweep.main([*argv, "--threads", "1", "--jobs", "1", *keys]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="tune.search", storage=storage).get_trials()
+    states = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert len(trials) == 4 and all(t.state in states for t in trials)
+    for trial in trials:  # every evaluation reached the pruner; a pruned trial stopped before the last epoch
+        epochs = sorted(trial.intermediate_values)
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        assert epochs and epochs == ([0, 1, 2] if complete else list(range(len(epochs))))
+    rows = read_csv(out / "results.csv")
+    assert {r["status"] for r in rows if r["setting"].startswith("trial")} <= {"done", "pruned"}
+    assert [(r["setting"], r["status"]) for r in rows if r["setting"] == "best"] == [("best", "done")]
