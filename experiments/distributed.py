@@ -24,13 +24,19 @@ from utilities.errors import UserError, report_user_error
 REPO = Path(__file__).resolve().parents[1]
 
 
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+"""libc's prctl, looked up once here (not in a freshly forked child)."""
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
-def train_on_processes(processes: int, folder: Path, resume: str | None, tokens: list[str], threads: int | None):
+def train_on_processes(
+    processes: int, folder: Path, resume: str | None, tokens: list[str], threads: int | None
+) -> dict[str, Any]:
     """Run the training under torchrun with `processes` ranks; returns its summary (`summary.json`).
 
     A rank's failure is a `RuntimeError` naming the exit code (the rank's error is in the run's `train.log` and
@@ -40,7 +46,9 @@ def train_on_processes(processes: int, folder: Path, resume: str | None, tokens:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torchrun's default is 1 thread per rank
-    code = subprocess.run(command, env=env, cwd=REPO, preexec_fn=die_with_parent, check=False).returncode  # noqa: PLW1509
+    # the working directory stays the worker's (relative paths in the keys mean what they mean to the worker);
+    # preexec_fn runs one system call in the child, which takes no lock the worker's threads could hold
+    code = subprocess.run(command, env=env, preexec_fn=die_with_parent, check=False).returncode
     if code != 0:
         raise RuntimeError(f"torchrun ({processes} processes) ended with exit code {code} (see {folder}/train.log)")
     summary: dict[str, Any] = json.loads((folder / "summary.json").read_text())
