@@ -50,16 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep.check_recorded(command.fingerprint(spec))
         sweep.enqueue_initial()
         sweep.retry_failed()
-        submitted = launch.submit_workers(executor, spec, jobs) if executor is not None else []
     except UserError as exc:
         return report_user_error(exc)
-    if slurm is not None:
-        ids = " ".join(job.job_id for job in submitted)
-        print(f"submitted {len(submitted)} worker job(s): {ids}; logs: {submitted[0].paths.folder.parent}", flush=True)
-        if not slurm.wait:
-            print(f"the report: python sweep.py --report {spec.out}")
+    if executor is not None:
+        crashed = launch.submit_workers(executor, spec, jobs, wait=slurm.wait)
+        if crashed is None:
             return 0
-        crashed = launch.wait_for_jobs(submitted)
     else:
         from engine.interrupts import TrainingStopped
 

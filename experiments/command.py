@@ -140,7 +140,7 @@ def slurm_request(options: argparse.Namespace) -> SlurmOptions | None:
         given = [f.name for f in fields(SlurmOptions) if getattr(slurm, f.name) != f.default]
         if given:
             flag = f"--{given[0]}" if given[0] == "wait" else f"--slurm_{given[0]}"
-            raise UserError(f"{flag} needs --slurm_partition (or --local): the option of workers run as SLURM jobs")
+            raise UserError(f"{flag} needs --slurm_partition (or --local): it is an option of the SLURM worker jobs")
         return None
     if slurm.nodes != 1 or slurm.tasks_per_node > 1:
         raise UserError("--slurm_nodes and --slurm_tasks_per_node: a sweep's worker job is one task on one machine")

@@ -104,16 +104,19 @@ def slurm_executor(spec: SweepSpec, slurm: SlurmOptions) -> Any:
     return make_executor(slurm, folder, local=slurm.local)
 
 
-def submit_workers(executor: Any, spec: SweepSpec, jobs: int) -> list[Any]:
-    """Submit `jobs` worker jobs (requeued on preemption by `TrainingJob`); OUT is passed as an absolute path."""
+def submit_workers(executor: Any, spec: SweepSpec, jobs: int, wait: bool) -> int | None:
+    """Submit `jobs` worker jobs (requeued on preemption by `TrainingJob`; OUT passed as an absolute path) and
+    print their ids. With `wait`: block until every job ends and return how many failed (each named on stderr
+    with its log); else None."""
     absolute = replace(spec, out=str(Path(spec.out).resolve()))
-    return [executor.submit(TrainingJob(job_argv(absolute, index), job_main)) for index in range(jobs)]
-
-
-def wait_for_jobs(jobs: list[Any]) -> int:
-    """Block until every job ends; returns how many failed (each named on stderr with its log)."""
+    submitted = [executor.submit(TrainingJob(job_argv(absolute, index), job_main)) for index in range(jobs)]
+    ids = " ".join(job.job_id for job in submitted)
+    print(f"submitted {jobs} worker job(s): {ids}; logs: {submitted[0].paths.folder.parent}", flush=True)
+    if not wait:
+        print(f"the report, at any time: python sweep.py --report {spec.out}")
+        return None
     failed = 0
-    for job in jobs:
+    for job in submitted:
         try:
             job.results()
         except Exception as exc:  # noqa: BLE001 - a failed job is reported as one line

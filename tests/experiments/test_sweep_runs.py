@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -261,3 +262,14 @@ def test_a_search_with_the_hyperband_pruner_prunes_or_completes_every_trial(grid
     rows = read_csv(out / "results.csv")
     assert {r["status"] for r in rows if r["setting"].startswith("trial")} <= {"done", "pruned"}
     assert [(r["setting"], r["status"]) for r in rows if r["setting"] == "best"] == [("best", "done")]
+
+
+def test_worker_jobs_through_submitits_local_executor_and_wait(grid_sweep: Path, tmp_path: Path):
+    """--local: the SLURM path (make_executor, TrainingJob, the job's entry) on this machine; --wait then reports."""
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--seeds", "0", "--threads", "1", "--local", "--wait", "--slurm_time", "10"]
+    result = run_sweep(*args, *tiny_keys(grid_sweep / "data", epochs=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"submitted 1 worker job\(s\): \d+; logs: ", result.stdout), result.stdout
+    assert "sweep: 1 runs done" in result.stdout and result.stderr == ""
+    assert [(r["setting"], r["status"]) for r in read_csv(out / "results.csv")] == [("base", "done")]
