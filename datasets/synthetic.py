@@ -1,8 +1,10 @@
 """A synthetic fine-grained benchmark ("synthetic birds"), generated from a seed (`dataset: synthetic`).
 
-Layout (the CUB layout, read by the CUB loader): `<source_path>/synthetic/images/NNN.<name>/img_KKKK.jpg`
-with one folder per class, plus `<source_path>/synthetic/synthetic.json` (the generation parameters and
-each class's attributes). The first half of the classes (by number) is `train`, the second half `test`.
+Layout (the CUB layout, read by the CUB loader): each generation has its own folder, named by its parameters,
+`<source_path>/synthetic/seed<S>-<C>x<N>-<P>px/` (seed S, C classes of N images of P x P pixels), holding
+`images/NNN.<name>/img_KKKK.jpg` with one folder per class plus `synthetic.json` (the generation parameters and
+each class's attributes). Runs of different seeds or sizes therefore never share (or replace) each other's images,
+also when they train at the same time. The first half of the classes (by number) is `train`, the second half `test`.
 
 Every bird shares one body plan (tail, body, wing, head, eye, beak, legs). A class is a combination of
 part attributes: beak shape, tail shape, wing pattern and its tone, crest, head marking, breast patch,
@@ -15,19 +17,25 @@ wing angle, colour jitter, background (colour, clutter, perch, occluding twigs),
 
 Generation is deterministic: image k of class c is drawn from a generator seeded with (seed, c, k), so
 the bytes do not depend on the number of worker processes. It runs once; later calls reuse the folder
-while `synthetic.json` records the same parameters and generator version, and regenerate it otherwise.
+while `synthetic.json` records the same parameters and generator version, and regenerate it otherwise (an older
+generator version). A benchmark in the earlier layout (`images/` and `synthetic.json` directly in `synthetic/`) is
+generated data and is removed when a generation is written.
 A generation is written into a temporary sibling folder and renamed into place only when complete, so
 an interrupted run is never taken for a finished one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
+import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +366,13 @@ def _start_method() -> str:
     return "fork" if forking and not distributed else "spawn"
 
 
+def _default_sigterm() -> None:
+    """A pool worker ends on SIGTERM, which the pool sends its workers when it closes: a forked worker would
+    otherwise keep its parent's handler, e.g. submitit's in a SLURM job, which ignores it, and the pool would wait
+    for it forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def generate(target: Path, n_classes: int, images_per_class: int, image_size: int, seed: int, workers: int) -> None:
     """Write a complete benchmark into the (new) folder `target`, metadata last."""
     classes = design_classes(n_classes, seed)
@@ -370,7 +385,7 @@ def generate(target: Path, n_classes: int, images_per_class: int, image_size: in
         for task in tasks:
             _render_class(task)
     else:
-        with multiprocessing.get_context(_start_method()).Pool(workers) as pool:
+        with multiprocessing.get_context(_start_method()).Pool(workers, initializer=_default_sigterm) as pool:
             pool.map(_render_class, tasks, chunksize=1)
     metadata = {
         "parameters": _parameters(n_classes, images_per_class, image_size, seed),
@@ -380,32 +395,61 @@ def generate(target: Path, n_classes: int, images_per_class: int, image_size: in
         json.dump(metadata, handle, indent=1)
 
 
+GENERATED_ENTRIES = {"images", METADATA_FILE}
+"""What a generation folder holds (and, in the earlier layout, `source_path/synthetic` itself)."""
+GENERATION_NAME = re.compile(r"seed-?\d+-\d+x\d+-\d+px")
+"""The names of generation folders in `source_path/synthetic`."""
+
+
+def generation_folder(root: Path, n_classes: int, images_per_class: int, image_size: int, seed: int) -> Path:
+    """The folder of one generation: `root/synthetic/seed<S>-<C>x<N>-<P>px`."""
+    return Path(root) / "synthetic" / f"seed{seed}-{n_classes}x{images_per_class}-{image_size}px"
+
+
+def _refuse_unexpected(folder: Path, allowed: Callable[[str], object]) -> None:
+    """A `UserError` when `folder` holds an entry that `allowed(name)` rejects (user data is never deleted)."""
+    if not folder.exists():
+        return
+    unexpected = sorted(n for n in os.listdir(folder) if not allowed(n)) if folder.is_dir() else [folder.name]
+    if unexpected:
+        raise UserError(
+            f"synthetic: {folder} exists but does not look like a generated benchmark "
+            f"(unexpected entries {unexpected[:3]}); move it away or choose another source_path"
+        )
+
+
+def _remove_earlier_layout(container: Path) -> None:
+    """Delete a benchmark of the earlier layout (`images/` and `synthetic.json` directly in `container`)."""
+    shutil.rmtree(container / "images", ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(container / METADATA_FILE)
+
+
 def ensure_synthetic(
     root: Path, n_classes: int, images_per_class: int, image_size: int, seed: int, workers: int | None = None
 ) -> Path:
-    """Generate `root/synthetic/` unless it already holds these exact parameters; return that folder.
+    """Generate the benchmark of these parameters unless its folder already holds it; return that folder.
 
-    `root` is the `source_path`. An existing folder with other parameters (or an unfinished one without
-    metadata) is replaced; a folder that holds anything besides `images/` and the metadata is left alone
-    and reported as a `UserError`, so user data is never deleted.
+    `root` is the `source_path`; the folder is `generation_folder(root, ...)`. A folder of an older generator
+    version (or an unfinished one without metadata) is replaced; a folder that holds anything besides `images/`
+    and the metadata, or a `root/synthetic` that holds anything besides generation folders, is left alone and
+    reported as a `UserError`, so user data is never deleted.
     """
     _check_parameters(n_classes, images_per_class, image_size)
     root = Path(root)
-    folder = root / "synthetic"
+    folder = generation_folder(root, n_classes, images_per_class, image_size, seed)
     wanted = _parameters(n_classes, images_per_class, image_size, seed)
     if _read_parameters(folder) == wanted:
         return folder
-    if folder.exists():
-        unexpected = sorted(set(os.listdir(folder)) - {"images", METADATA_FILE})
-        if unexpected or not folder.is_dir():
-            raise UserError(
-                f"synthetic: {folder} exists but does not look like a generated benchmark "
-                f"(unexpected entries {unexpected[:3]}); move it away or choose another source_path"
-            )
+    # source_path/synthetic: generation folders, or a benchmark of the earlier layout; a generation: its own files
+    _refuse_unexpected(folder.parent, lambda name: name in GENERATED_ENTRIES or GENERATION_NAME.fullmatch(name))
+    _refuse_unexpected(folder, lambda name: name in GENERATED_ENTRIES)
     root.mkdir(parents=True, exist_ok=True)
     temporary = root / f".synthetic.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         generate(temporary, n_classes, images_per_class, image_size, seed, workers or os.cpu_count() or 1)
+        _remove_earlier_layout(folder.parent)
+        folder.parent.mkdir(exist_ok=True)
         if folder.exists():
             if _read_parameters(folder) == wanted:  # another process finished first
                 return folder
@@ -421,7 +465,7 @@ def ensure_synthetic(
 
 
 def load_synthetic(folder: Path) -> dict[str, SplitFiles]:
-    """Train/test files of a generated benchmark in `folder` (= `source_path/synthetic`), CUB rules."""
+    """Train/test files of a generated benchmark in `folder` (a `generation_folder`), CUB rules."""
     if _read_parameters(folder) is None:
         raise UserError(f"synthetic: {folder / METADATA_FILE} not found; the benchmark was not generated")
     return load_numbered_class_folders(folder / "images", "synthetic")

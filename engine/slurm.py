@@ -79,17 +79,20 @@ _HELP = {
 }
 
 
-def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `--slurm_<field>` for every `SlurmOptions` field, plus `--wait` and `--local`."""
+def add_slurm_arguments(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """Add `--slurm_<field>` for every `SlurmOptions` field, plus `--wait` and `--local`.
+
+    `helps` replaces the help of some fields (a tool whose jobs are not main.py's training)."""
+    texts = {**_HELP, **(helps or {})}
     group = parser.add_argument_group("SLURM (submitit)")
     for f in fields(SlurmOptions):
         flag = f"--{f.name}" if f.name in ("wait", "local") else f"--slurm_{f.name}"
         if f.type == "bool":
-            group.add_argument(flag, dest=f"slurm_{f.name}", action="store_true", help=_HELP[f.name])
+            group.add_argument(flag, dest=f"slurm_{f.name}", action="store_true", help=texts[f.name])
         else:
             kind = int if f.type == "int" else str
             # the parser shows the default (config.command_line.script_parser's formatter)
-            group.add_argument(flag, dest=f"slurm_{f.name}", type=kind, default=f.default, help=_HELP[f.name])
+            group.add_argument(flag, dest=f"slurm_{f.name}", type=kind, default=f.default, help=texts[f.name])
 
 
 def slurm_options(namespace: argparse.Namespace) -> SlurmOptions:

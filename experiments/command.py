@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from config.command_line import script_parser
+from engine.slurm import SlurmOptions, add_slurm_arguments, slurm_options
 from experiments.space import read_space, space_values
 from experiments.spec import (
     SWEEP_FILE,
@@ -20,6 +22,7 @@ from experiments.spec import (
     parse_grid,
     run_config,
     settings,
+    spec_from_dict,
     spec_to_dict,
 )
 from utilities.errors import UserError
@@ -42,12 +45,31 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="with --search: stops hopeless trials")
     parser.add_argument("--storage", help="database URL (postgresql://, mysql://, sqlite:///); default: journal in OUT")
     parser.add_argument("--study", default="", help="study name prefix in the storage (default: the name of OUT)")
-    parser.add_argument("--jobs", type=int, help="local worker processes (default: one per CUDA device, else 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="worker processes, or SLURM jobs (default: one per --gpus_per_run CUDA devices, else 1; SLURM: 1)",
+    )
+    parser.add_argument(
+        "--gpus_per_run", type=int, default=1, help="above 1: each run under torchrun on this many GPUs (CPU: gloo)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: the cores split)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a running trial's heartbeats")
     parser.add_argument("--grace", type=float, default=120.0, help="seconds without heartbeat before a takeover")
     parser.add_argument("--report", metavar="OUT", help="only rewrite results.csv and the report of a sweep folder")
+    add_slurm_arguments(parser, SLURM_HELPS)
     return parser
+
+
+SLURM_HELPS = {
+    "partition": "SLURM partition: submit the --jobs workers as SLURM jobs (one task each)",
+    "gpus_per_node": "GPUs per worker job (its runs take --gpus_per_run of them each)",
+    "tasks_per_node": "tasks per job: a worker job is one task",
+    "nodes": "machines per job: a worker job is one machine",
+    "folder": "submitit's log folder (default: OUT/submitit)",
+    "wait": "block until the worker jobs end, then write the report and exit as a local sweep does",
+    "local": "run the worker jobs with submitit's local executor (the same path, without a cluster)",
+}
 
 
 def parse_sweep(argv: list[str], description: str):
@@ -67,6 +89,15 @@ def parse_sweep(argv: list[str], description: str):
         raise UserError(f"--trials must be at least 1 (got {options.trials})")
     if len(set(options.seeds)) != len(options.seeds):
         raise UserError("--seeds repeats a seed")
+    if options.gpus_per_run < 1:
+        raise UserError(f"--gpus_per_run must be at least 1 (got {options.gpus_per_run})")
+    if options.gpus_per_run > 1 and options.search and options.pruner != "none":
+        raise UserError(
+            "--gpus_per_run: a run under torchrun reports no evaluation to its trial, so nothing can prune it; "
+            "add --pruner none"
+        )
+    if options.jobs is not None and options.jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
     grid = parse_grid(options.grid)
     spec = SweepSpec(
         out=options.out,
@@ -83,6 +114,7 @@ def parse_sweep(argv: list[str], description: str):
         heartbeat=options.heartbeat,
         grace=options.grace,
         threads=options.threads,
+        gpus_per_run=options.gpus_per_run,
     )
     check_runs(spec)
     return options, spec
@@ -101,20 +133,24 @@ def check_runs(spec: SweepSpec) -> None:
             run_config(spec, values, seed)
 
 
-def check_parallel_data(spec: SweepSpec, jobs: int) -> None:
-    """The synthetic benchmark is generated from `seed` into `<source_path>/synthetic`: parallel runs of different
-    seeds would replace each other's images while they read them."""
-    if jobs > 1 and len(spec.seeds) > 1 and run_config(spec, {}, spec.seeds[0]).dataset == "synthetic":
+def slurm_request(options: argparse.Namespace) -> SlurmOptions | None:
+    """The worker jobs' SLURM options (None: local workers); impossible values are a `UserError`."""
+    slurm = slurm_options(options)
+    if not (slurm.partition or slurm.local):
+        given = [f.name for f in fields(SlurmOptions) if getattr(slurm, f.name) != f.default]
+        if given:
+            flag = f"--{given[0]}" if given[0] == "wait" else f"--slurm_{given[0]}"
+            raise UserError(f"{flag} needs --slurm_partition (or --local): it is an option of the SLURM worker jobs")
+        return None
+    if slurm.nodes != 1 or slurm.tasks_per_node > 1:
+        raise UserError("--slurm_nodes and --slurm_tasks_per_node: a sweep's worker job is one task on one machine")
+    if slurm.gpus_per_node and options.gpus_per_run > slurm.gpus_per_node:
         raise UserError(
-            "--jobs: the synthetic benchmark is generated from each run's seed into <source_path>/synthetic, so runs "
-            "of several seeds cannot train in parallel on one source_path; use --jobs 1 (or one seed)"
+            f"--gpus_per_run {options.gpus_per_run} exceeds --slurm_gpus_per_node {slurm.gpus_per_node}: "
+            "a run takes its GPUs from its worker job"
         )
-
-
-def default_jobs() -> int:
-    import torch
-
-    return max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 1
+    slurm.tasks_per_node = 1
+    return slurm
 
 
 def cpu_threads(jobs: int) -> int | None:
@@ -152,11 +188,9 @@ def load_recorded_spec(out: str, storage: str | None) -> SweepSpec:
     if not path.is_file():
         raise UserError(f"--report: {out} is not a sweep folder (no {SWEEP_FILE})")
     stored = json.loads(path.read_text())["spec"]
-    stored["grid"] = [(key, values) for key, values in stored["grid"]]
-    stored["baseline"] = tuple(stored["baseline"]) if stored["baseline"] else None
     stored["out"] = out
     recorded_url = stored.get("storage")
     if recorded_url and not storage and "***" in recorded_url:
         raise UserError(f"--report: the sweep's storage is {recorded_url}: give --storage URL with its password")
     stored["storage"] = storage or recorded_url
-    return SweepSpec(**stored)
+    return spec_from_dict(stored)

@@ -41,6 +41,7 @@ class SweepSpec:
     heartbeat: float = 10.0
     grace: float = 120.0
     threads: int | None = None
+    gpus_per_run: int = 1  # above 1: each run under torchrun with this many processes (experiments.distributed)
 
     @property
     def study_prefix(self) -> str:
@@ -98,14 +99,18 @@ def parse_baseline(text: str, grid: list[tuple[str, list[str]]]) -> tuple[str, s
     return key, value
 
 
-def run_config(spec: SweepSpec, values: dict[str, Any], seed: int) -> Config:
-    """The configuration of one run, built as main.py builds it."""
+def run_tokens(spec: SweepSpec, values: dict[str, Any], seed: int) -> list[str]:
+    """main.py's command-line tokens of one run."""
     tokens = ["--config", spec.config] if spec.config else []
     tokens += list(spec.keys)
     for key, value in values.items():
         tokens += [f"--{key}", str(value)]
-    tokens += ["--seed", str(seed)]
-    cfg, _ = parse_command_line(tokens, "sweep run")
+    return [*tokens, "--seed", str(seed)]
+
+
+def run_config(spec: SweepSpec, values: dict[str, Any], seed: int) -> Config:
+    """The configuration of one run, built as main.py builds it."""
+    cfg, _ = parse_command_line(run_tokens(spec, values, seed), "sweep run")
     return cfg
 
 
@@ -146,3 +151,10 @@ def first_difference(recorded: dict[str, Any], given: dict[str, Any]) -> str | N
 
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
     return asdict(spec)
+
+
+def spec_from_dict(stored: dict[str, Any]) -> SweepSpec:
+    """The inverse of `spec_to_dict` after a JSON round trip (tuples come back as lists)."""
+    stored = {**stored, "grid": [(key, values) for key, values in stored["grid"]]}
+    stored["baseline"] = tuple(stored["baseline"]) if stored["baseline"] else None
+    return SweepSpec(**stored)

@@ -24,7 +24,15 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments import storage as st
 from experiments.results import latest_trials
 from experiments.space import suggest
-from experiments.spec import BEST_SETTING, SweepSpec, first_difference, run_config, setting_name, settings
+from experiments.spec import (
+    BEST_SETTING,
+    SweepSpec,
+    first_difference,
+    run_config,
+    run_tokens,
+    setting_name,
+    settings,
+)
 from utilities.errors import UserError, one_line
 
 POLL_SECONDS = 2.0
@@ -190,7 +198,9 @@ class Sweep:
 
     def execute(self, claimed: Claimed) -> bool:
         """Run a claimed trial to its end; record its result and state. Returns False when it failed."""
+        from engine.interrupts import TrainingStopped
         from engine.trainer import train
+        from experiments.distributed import train_on_processes
 
         trial_id, attrs = claimed.trial._trial_id, claimed.trial.user_attrs
         folder = self.out / attrs["folder"]
@@ -202,9 +212,16 @@ class Sweep:
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat):
             try:
                 cfg = run_config(self.spec, values, int(attrs["seed"]))
-                hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
-                summary = train(cfg, resume=resume, folder=folder, on_evaluation=hook)
+                if self.spec.gpus_per_run > 1:
+                    tokens = run_tokens(self.spec, values, int(attrs["seed"]))
+                    summary = train_on_processes(self.spec.gpus_per_run, folder, resume, tokens, self.spec.threads)
+                else:
+                    hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
+                    summary = train(cfg, resume=resume, folder=folder, on_evaluation=hook)
                 result = result_of(summary, cfg.val_classes > 0)
+            except TrainingStopped as stop:
+                self._hand_over(claimed, stop)
+                raise
             except optuna.TrialPruned:
                 state, result = TrialState.PRUNED, result_of(_read_summary(folder), True, pruned=True)
             except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
@@ -222,6 +239,14 @@ class Sweep:
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
             print(f"sweep: trial {claimed.trial.number} could not be recorded ({one_line(exc)})", flush=True)
         return state != TrialState.FAIL
+
+    def _hand_over(self, claimed: Claimed, stop: Exception) -> None:
+        """A run stopped by a signal (preemption, a time limit, Ctrl-C): enqueued again at once, so that the next
+        worker (the requeued job, the same command) resumes it from the position saved in `last.pt`."""
+        result = {"error": f"{one_line(stop)}; continued by the next worker"}
+        self.storage.set_trial_user_attr(claimed.trial._trial_id, ATTR_RESULT, result)
+        self.storage.set_trial_state_values(claimed.trial._trial_id, TrialState.FAIL)
+        self._reenqueue(claimed.study, claimed.trial, claimed.search)
 
 
 def result_of(summary: dict[str, Any], validation: bool, pruned: bool = False) -> dict[str, Any]:

@@ -46,4 +46,4 @@ def write_checkpoint(path: Path, cfg: Config, seed: int = 0) -> Path:
 
 def class_folders(source: Path) -> list[Path]:
     """The synthetic benchmark's class folders (generated on first use of `build_datasets`)."""
-    return sorted(p for p in (source / "synthetic" / "images").iterdir() if p.is_dir())
+    return sorted(p for p in (source / "synthetic").glob("*/images/*") if p.is_dir())

@@ -14,9 +14,11 @@ import eval as eval_script
 import export
 import main
 import retrieve
+import sweep
 from config import FIELDS, config_from_dict
 from config.checkpoints import model_checkpoint
 from config.command_line import add_key, build_parser, parse_command_line, parse_script, script_parser
+from experiments import command as sweep_command
 from utilities.errors import UserError
 from utilities.settings import field_default
 
@@ -25,6 +27,7 @@ PARSERS = {
     "eval.py": eval_script.build_parser,
     "retrieve.py": retrieve.build_parser,
     "export.py": export.build_parser,
+    "sweep.py": lambda: sweep_command.build_parser(sweep.__doc__),
 }
 
 

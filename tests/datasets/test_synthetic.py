@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import datasets.synthetic as synthetic
 from datasets import build_datasets, describe, ensure_synthetic
 from utilities.errors import UserError
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(n_classes=4, images_per_class=3, image_size=32)
 
 
@@ -26,7 +30,7 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     one = ensure_synthetic(tmp_path / "a", **SMALL, seed=3, workers=1)
     two = ensure_synthetic(tmp_path / "b", **SMALL, seed=3, workers=2)
-    assert one == tmp_path / "a" / "synthetic"
+    assert one == tmp_path / "a" / "synthetic" / "seed3-4x3-32px"
     assert tree_bytes(one) == tree_bytes(two)
     other = ensure_synthetic(tmp_path / "c", **SMALL, seed=4, workers=1)
     differing = set(tree_bytes(one).items()) ^ set(tree_bytes(other).items())
@@ -53,7 +57,7 @@ def test_layout_and_splits(tmp_path: Path) -> None:
     assert all("/004." in p or "/005." in p or "/006." in p for p in splits["test"].paths)
 
 
-def test_second_call_reuses_and_changed_parameters_regenerate(tmp_path: Path, monkeypatch) -> None:
+def test_second_call_reuses_and_other_parameters_have_their_own_folder(tmp_path: Path, monkeypatch) -> None:
     folder = ensure_synthetic(tmp_path, **SMALL, seed=0, workers=1)
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
 
@@ -65,9 +69,35 @@ def test_second_call_reuses_and_changed_parameters_regenerate(tmp_path: Path, mo
         assert ensure_synthetic(tmp_path, **SMALL, seed=0) == folder
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
 
-    ensure_synthetic(tmp_path, n_classes=4, images_per_class=5, image_size=32, seed=0, workers=1)
-    assert len(list((folder / "images").rglob("*.jpg"))) == 20
-    assert json.loads((folder / "synthetic.json").read_text())["parameters"]["images_per_class"] == 5
+    # other parameters (here: a seed and an image count) are generated beside it and leave it untouched
+    other_seed = ensure_synthetic(tmp_path, **SMALL, seed=1, workers=1)
+    more = ensure_synthetic(tmp_path, n_classes=4, images_per_class=5, image_size=32, seed=0, workers=1)
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == [
+        "seed0-4x3-32px",
+        "seed0-4x5-32px",
+        "seed1-4x3-32px",
+    ]
+    assert other_seed.name == "seed1-4x3-32px" and more.name == "seed0-4x5-32px"
+    assert len(list((more / "images").rglob("*.jpg"))) == 20
+    assert json.loads((more / "synthetic.json").read_text())["parameters"]["images_per_class"] == 5
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+    # a generation of another generator version is replaced in place
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert ensure_synthetic(tmp_path, **SMALL, seed=0, workers=1) == folder
+    parameters = json.loads((folder / "synthetic.json").read_text())["parameters"]
+    assert parameters["generator_version"] == synthetic.GENERATOR_VERSION
+
+
+def test_earlier_layout_is_replaced(tmp_path: Path) -> None:
+    """A benchmark in the earlier layout (images/ and synthetic.json directly in synthetic/) is generated data."""
+    earlier = ensure_synthetic(tmp_path / "old", **SMALL, seed=0, workers=1)
+    container = tmp_path / "new" / "synthetic"
+    shutil.copytree(earlier / "images", container / "images")
+    shutil.copy(earlier / "synthetic.json", container)
+    folder = ensure_synthetic(tmp_path / "new", **SMALL, seed=0, workers=1)
+    assert sorted(p.name for p in container.iterdir()) == ["seed0-4x3-32px"]
+    assert tree_bytes(folder) == tree_bytes(earlier)
 
 
 def test_interrupted_generation_is_not_taken_as_complete(tmp_path: Path, monkeypatch) -> None:
@@ -86,7 +116,7 @@ def test_interrupted_generation_is_not_taken_as_complete(tmp_path: Path, monkeyp
     assert list(tmp_path.iterdir()) == []  # neither a final folder nor a leftover temporary one
 
     # a folder without metadata (e.g. copied half-way) is regenerated, not trusted
-    (tmp_path / "synthetic" / "images" / "001.x").mkdir(parents=True)
+    (synthetic.generation_folder(tmp_path, **SMALL, seed=0) / "images" / "001.x").mkdir(parents=True)
     folder = ensure_synthetic(tmp_path, **SMALL, seed=0, workers=1)
     assert len(list((folder / "images").iterdir())) == 4
     assert not (folder / "images" / "001.x").exists()
@@ -98,6 +128,14 @@ def test_foreign_folder_is_never_deleted(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="synthetic: .*synthetic exists but does not look like a generated benchmark"):
         ensure_synthetic(tmp_path, **SMALL, seed=0, workers=1)
     assert (tmp_path / "synthetic" / "my_thesis.tex").read_text() == "precious"
+
+    # nor anything unexpected inside a generation folder
+    folder = ensure_synthetic(tmp_path / "b", **SMALL, seed=0, workers=1)
+    (folder / "synthetic.json").unlink()  # unfinished: would be regenerated, were it not for the note
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="seed0-4x3-32px exists but does not look like a generated benchmark"):
+        ensure_synthetic(tmp_path / "b", **SMALL, seed=0, workers=1)
+    assert (folder / "notes.txt").read_text() == "precious" and (folder / "images").is_dir()
 
 
 def test_bad_parameters() -> None:
@@ -132,3 +170,16 @@ def test_generation_inside_a_process_group_does_not_fork(tmp_path: Path) -> None
     finally:
         dist.destroy_process_group()
     assert tree_bytes(forked) and tree_bytes(forked) == tree_bytes(spawned)
+
+
+def test_generation_ends_in_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    """submitit's job process ignores SIGTERM (it only logs it); forked pool workers inherit that handler, and the
+    pool, which ends its workers with SIGTERM, waited for them forever (a 1-task SLURM job hung)."""
+    code = (
+        "import signal, sys; from pathlib import Path; from datasets import ensure_synthetic; "
+        "signal.signal(signal.SIGTERM, lambda *args: None); "
+        "ensure_synthetic(Path(sys.argv[1]), 4, 3, 32, seed=0, workers=2)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, timeout=120, capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(synthetic.generation_folder(tmp_path, 4, 3, 32, 0).rglob("*.jpg"))) == 12

@@ -1,5 +1,6 @@
 """submit.py on a real single-node SLURM cluster: a 2-task CPU training to the end, and a job preempted
-mid-epoch (SIGUSR1), requeued by submitit, resumed, ending exactly as the uninterrupted one."""
+mid-epoch (SIGUSR1), requeued by submitit, resumed, ending exactly as the uninterrupted one; sweep.py's workers as
+SLURM jobs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from slurm_cluster import missing, slurm_cluster
+from sweep_helpers import read_csv, tiny_keys
 from test_preemption import assert_same_run
 from test_training import tiny_args
 
@@ -83,6 +85,24 @@ def test_submit_runs_to_the_end_and_a_preempted_job_is_requeued_and_resumes_exac
     assert job_field(env, job, "JobState") == "COMPLETED"
     assert "resuming epoch 1 after iteration" in (runs / "preempted" / "train.log").read_text()
     assert_same_run(runs / "preempted", runs / "full")
+
+
+def test_sweep_submits_its_workers_as_jobs_that_do_every_run(cluster):
+    tmp, env = cluster
+    out = tmp / "sweep"
+    command = [sys.executable, "sweep.py", "--out", str(out), "--seeds", "0", "1", "--grid", "dada=false",
+               "--threads", "1", "--jobs", "2", "--slurm_partition", "test", "--slurm_cpus_per_task", "1",
+               "--slurm_time", "30", *tiny_keys(tmp / "sweep_data", epochs=2)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    submitted = re.search(r"submitted 2 worker job\(s\): (\d+) (\d+)", result.stdout)
+    assert submitted, result.stdout
+    for job in submitted.groups():
+        wait_for(lambda job=job: job_field(env, job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 300, job)
+        assert job_field(env, job, "JobState") == "COMPLETED", (out / "submitit" / job / f"{job}_0_log.err").read_text()
+    rows = read_csv(out / "results.csv")  # written by the workers in the jobs
+    assert [(r["seed"], r["status"]) for r in rows] == [("0", "done"), ("1", "done")]
+    assert all((out / "runs" / "dada=false" / f"seed{seed}" / "summary.json").is_file() for seed in (0, 1))
 
 
 def test_options_are_validated_before_anything_is_submitted(capsys):

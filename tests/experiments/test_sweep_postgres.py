@@ -7,7 +7,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from ports import free_port
 from sweep_helpers import REPO, read_csv, sweep_command, tiny_keys
 
 from experiments.storage import open_storage
@@ -28,12 +28,6 @@ def postgres_binary(name: str) -> str | None:
     found = shutil.which(name)
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found or (candidates[-1] if candidates else None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from sweep_helpers import REPO, read_csv, run_sweep, sweep_command, tiny_keys
 import main as main_module
 import sweep
 
-# one seed: the synthetic benchmark is generated from the seed, so parallel workers share one seed's data
 GRID = ["--seeds", "0", "--grid", "dada=true,false", "lr=0.01,0.02", "--threads", "1"]
 SETTINGS = ["dada=true+lr=0.01", "dada=true+lr=0.02", "dada=false+lr=0.01", "dada=false+lr=0.02"]
 RUN_FILES = ["config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"]
@@ -164,3 +165,111 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it_once(g
     assert (
         sorted(t.user_attrs["setting"] for t in trials) == ["synthetic_image_size=32"] + ["synthetic_image_size=8"] * 2
     )
+
+
+def test_two_seeds_in_parallel_equal_them_one_after_the_other(tmp_path: Path):
+    """Each seed's synthetic benchmark has its own folder: two workers generate and read theirs at the same time."""
+    argv = ["--seeds", "0", "1", "--grid", "dada=false", "--threads", "1"]
+    parallel = run_sweep("--out", str(tmp_path / "parallel"), *argv, "--jobs", "2", *tiny_keys(tmp_path / "data_p"))
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    sequential = run_sweep("--out", str(tmp_path / "sequential"), *argv, "--jobs", "1", *tiny_keys(tmp_path / "data_s"))
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "data_p" / "synthetic").iterdir()) == ["seed0-8x6-32px", "seed1-8x6-32px"]
+
+    def comparable(out: str) -> list[dict[str, str]]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in read_csv(tmp_path / out / "results.csv")]
+
+    rows = comparable("parallel")
+    assert [(r["seed"], r["status"]) for r in rows] == [("0", "done"), ("1", "done")]
+    assert rows[0]["recall@1"] != rows[1]["recall@1"] or rows[0]["map@r"] != rows[1]["map@r"]  # two data sets
+    assert rows == comparable("sequential")
+
+
+def _processes_of(folder: Path) -> list[str]:
+    """Command lines of this machine's processes that name `folder` (torchrun and its ranks name the run folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(folder) in line:
+                found.append(line)
+    return found
+
+
+def test_gpus_per_run_trains_under_torchrun_is_killed_with_its_worker_and_resumes(tmp_path: Path):
+    """--gpus_per_run 2 on a CPU-only machine: each run on two gloo processes. A kill -9 of the sweep ends torchrun
+    and its ranks too; the same command resumes the run, which ends as `torchrun --nproc_per_node 2 main.py`."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    keys = [*tiny_keys(data), "--dada", "false"]
+    args = ["--out", str(out), "--seeds", "0", "--threads", "1", "--gpus_per_run", "2", *keys]
+    process = subprocess.Popen(sweep_command(*args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = out / "runs" / "base" / "seed0"
+    deadline = time.monotonic() + 300
+    while not (folder / "metrics.csv").is_file() and process.poll() is None:  # written after last.pt
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _processes_of(folder)  # torchrun and its ranks, started by the sweep's worker
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _processes_of(folder):  # killed with the worker: a run taken over is never trained twice at once
+        assert time.monotonic() < deadline, _processes_of(folder)
+        time.sleep(0.1)
+    before = read_csv(folder / "metrics.csv")
+    assert before[-1]["epoch"] != "2"  # killed in the middle of the run
+
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = read_csv(folder / "metrics.csv")
+    assert [r["epoch"] for r in after] == ["-1", "0", "1", "2"] and after[: len(before)] == before  # resumed
+    rows = read_csv(out / "results.csv")
+    assert [(r["setting"], r["status"]) for r in rows] == [("base", "done")]
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = [*command, *keys, "--seed", "0", "--save_path", str(tmp_path / "main"), "--save_name", "ddp"]
+    done = subprocess.run(reference, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = tmp_path / "main" / "synthetic" / "ddp"
+    drop_time = [{k: v for k, v in r.items() if k != "time"} for r in read_csv(theirs / "metrics.csv")]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in after] == drop_time
+    best = json.loads((theirs / "summary.json").read_text())["best"]
+    assert {key: float(rows[0][key]) for key in best} == best
+
+
+def test_a_search_with_the_hyperband_pruner_prunes_or_completes_every_trial(grid_sweep: Path, tmp_path: Path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 0.000001, high: 0.05, log: true}\n")
+    out = tmp_path / "tune"
+    keys = [*tiny_keys(grid_sweep / "data"), "--synthetic_classes", "12", "--val_classes", "0.34"]
+    argv = ["--out", str(out), "--search", str(space), "--trials", "4", "--pruner", "hyperband", "--seeds", "0"]
+    threads = torch.get_num_threads()
+    try:
+        assert sweep.main([*argv, "--threads", "1", "--jobs", "1", *keys]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="tune.search", storage=storage).get_trials()
+    states = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert len(trials) == 4 and all(t.state in states for t in trials)
+    for trial in trials:  # every evaluation reached the pruner; a pruned trial stopped before the last epoch
+        epochs = sorted(trial.intermediate_values)
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        assert epochs and epochs == ([0, 1, 2] if complete else list(range(len(epochs))))
+    rows = read_csv(out / "results.csv")
+    assert {r["status"] for r in rows if r["setting"].startswith("trial")} <= {"done", "pruned"}
+    assert [(r["setting"], r["status"]) for r in rows if r["setting"] == "best"] == [("best", "done")]
+
+
+def test_worker_jobs_through_submitits_local_executor_and_wait(grid_sweep: Path, tmp_path: Path):
+    """--local: the SLURM path (make_executor, TrainingJob, the job's entry) on this machine; --wait then reports."""
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--seeds", "0", "--threads", "1", "--local", "--wait", "--slurm_time", "10"]
+    result = run_sweep(*args, *tiny_keys(grid_sweep / "data", epochs=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"submitted 1 worker job\(s\): \d+; logs: ", result.stdout), result.stdout
+    assert "sweep: 1 runs done" in result.stdout and result.stderr == ""
+    assert [(r["setting"], r["status"]) for r in read_csv(out / "results.csv")] == [("base", "done")]
