@@ -23,9 +23,9 @@ from torch import nn
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import build_training_data
-from engine.evaluation import evaluate_model, evaluation_splits
+from engine.evaluation import Evaluation, evaluate_model, evaluation_splits
 from engine.forward import ForwardPolicy
-from engine.grids import WORST_QUERIES_FILE, write_worst_queries
+from engine.grids import WORST_QUERIES_FILE, WORST_QUERIES_TOP, write_worst_queries
 from engine.interrupts import StopControl, TrainingStopped
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
@@ -235,7 +235,9 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     return run
 
 
-def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]]:
+def _evaluate(run: Run, use_val: bool, drawn: bool = True) -> Evaluation:
+    """The evaluation of the model; with `plots`, its search also keeps what `worst_queries.png` shows (unless
+    not `drawn`)."""
     cfg = run.cfg
     return evaluate_model(
         run.model,
@@ -250,6 +252,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
         channels_last=cfg.channels_last,
         normalize=cfg.eval_normalize,
         dist=run.dist,
+        keep_top=WORST_QUERIES_TOP if cfg.plots and drawn else 0,
     )
 
 
@@ -404,9 +407,10 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
             print(f"resuming epoch {state.epoch} after iteration {run.partial['steps']}", flush=True)
     use_val = "val" in run.splits
     loader, batches = build_training_data(cfg, run.splits["train"], run.device, run.dist)
-    embedded: dict[str, Any] = {}
+    last: Evaluation | None = None  # the last evaluation, drawn at the end
     if state.epoch == 0 and not state.history:
-        state.initial, embedded = _evaluate(run, use_val)
+        last = _evaluate(run, use_val)
+        state.initial = last.values
         state.history.append({"epoch": -1, **state.initial})
         if main:
             print(colored("[before training]", "cyan"), "  ".join(f"{k}={v:.4f}" for k, v in state.initial.items()))
@@ -420,8 +424,8 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
         row: dict[str, Any] = {"epoch": epoch, **means, **learning_rates(run.optimizers)}
         metrics: dict[str, float] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            metrics, embedded = _evaluate(run, use_val)
-            state.last = metrics
+            last = _evaluate(run, use_val)
+            metrics = state.last = last.values
         row["time"] = earlier + time.perf_counter() - start
         row.update(metrics)
         state.history.append(row)
@@ -452,9 +456,9 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
         summary["test_of_best"] = _test_of_best(run, checkpoints / "best.pt")
     if main:
         write_summary(summary, folder / "summary.json")
-        if cfg.plots and embedded:
-            _plot_map(run, embedded, folder / "embedding_map.png")
-            write_worst_queries(embedded, run.splits, folder / WORST_QUERIES_FILE)  # the last evaluation's
+        if cfg.plots and last is not None:
+            _plot_map(run, last.embedded, folder / "embedding_map.png")
+            write_worst_queries(last.ranking, last.embedded, run.splits, folder / WORST_QUERIES_FILE)
         if writer is not None:
             writer.close()
     return summary
@@ -467,8 +471,7 @@ def _test_of_best(run: Run, best_path: Path) -> dict[str, float]:
     """
     weights = load_checkpoint(best_path)["model"] if run.dist.is_main else None
     run.model.load_state_dict(broadcast_object(weights, run.dist))
-    test_metrics, _ = _evaluate(run, use_val=False)
-    return test_metrics
+    return _evaluate(run, use_val=False, drawn=False).values
 
 
 def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:
