@@ -174,7 +174,7 @@ def _restore_position(run: Run, loader, partial: dict[str, Any]) -> None:
 
 def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None, folder: Path | None = None) -> Run:
     from architectures import build_model, input_spec_for
-    from compat.weights import reference_trunk_weights
+    from compat.weights import REFERENCE_READER
     from criteria import build_criterion
     from datasets import build_datasets
 
@@ -184,7 +184,7 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
     policy = ForwardPolicy(device, cfg.precision, cfg.channels_last)
-    model = policy.place_model(build_model(cfg, readers=(reference_trunk_weights,)))
+    model = policy.place_model(build_model(cfg, reference=REFERENCE_READER))
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
     wrapped: nn.Module = model
     if dist.enabled:
