@@ -67,6 +67,16 @@ class RunState:
     nonfinite_streak: int = 0
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A run to continue: its checkpoint file (`last.pt`), the checkpoint read from it, and the network with the
+    checkpoint's weights, built by the one checkpoint -> model path (`config.checkpoints.resume_point`)."""
+
+    path: str
+    state: dict[str, Any]
+    network: nn.Module
+
+
 @dataclass(kw_only=True)
 class Run:
     """The live objects of a training run."""
@@ -110,7 +120,7 @@ def _checkpoint_state(run: Run, full: bool) -> dict[str, Any]:
 
 
 def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
-    run.model.load_state_dict(checkpoint["model"])
+    """Everything of the checkpoint but the network's weights (`Resume.network` holds them already)."""
     run.criterion.load_state_dict(checkpoint["criterion"])
     for name, optimizer in run.optimizers.items():
         optimizer.load_state_dict(checkpoint["optimizers"][name])
@@ -172,7 +182,7 @@ def _restore_position(run: Run, loader, partial: dict[str, Any]) -> None:
     loader.generator.set_state(randomness["loader"])
 
 
-def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None, folder: Path | None = None) -> Run:
+def _build_run(cfg: Config, resume: Resume | None, folder: Path | None = None) -> Run:
     from architectures import build_model, input_spec_for
     from compat.weights import REFERENCE_READER
     from criteria import build_criterion
@@ -184,7 +194,7 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
     policy = ForwardPolicy(device, cfg.precision, cfg.channels_last)
-    model = policy.place_model(build_model(cfg, reference=REFERENCE_READER))
+    model = policy.place_model(resume.network if resume else build_model(cfg, reference=REFERENCE_READER))
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
     wrapped: nn.Module = model
     if dist.enabled:
@@ -223,8 +233,8 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     )
     if resume:
         # optimizers and modules copy the stored tensors onto their own device when loading
-        _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
-        run.folder = Path(resume).resolve()
+        _restore(run, resume.state)
+        run.folder = Path(resume.path).resolve()
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
     elif dist.is_main and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -364,14 +374,12 @@ EvaluationHook = Callable[[int, dict[str, float]], None]
 
 def train(
     cfg: Config,
-    resume: str | None = None,
-    resume_state: dict[str, Any] | None = None,
+    resume: Resume | None = None,
     *,
     folder: Path | None = None,
     on_evaluation: EvaluationHook | None = None,
 ) -> dict[str, Any]:
-    """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
-    loaded as `resume_state`); returns the summary.
+    """Train according to `cfg` (or continue the run of `resume`); returns the summary.
 
     `folder`: the run folder of a new run (created if missing; default: a new `<save_path>/<dataset>/<save_name>[_N]`).
     `on_evaluation(epoch, metrics)`: called on rank 0 after each epoch's evaluation, once its files are written
@@ -381,7 +389,7 @@ def train(
     saved in `checkpoints/last.pt` (`engine.interrupts.TrainingStopped` is raised); `checkpoint_minutes`
     also saves that position every so many minutes.
     """
-    run = _build_run(cfg, resume, resume_state, folder)
+    run = _build_run(cfg, resume, folder)
     run.stopper = StopControl(cfg.checkpoint_minutes, run.device)
     run.stopper.install()
     try:
