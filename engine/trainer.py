@@ -245,9 +245,9 @@ def _build_run(cfg: Config, resume: Resume | None, folder: Path | None = None) -
     return run
 
 
-def _evaluate(run: Run, use_val: bool, drawn: bool = True) -> Evaluation:
-    """The evaluation of the model; with `plots`, its search also keeps what `worst_queries.png` shows (unless
-    not `drawn`)."""
+def _evaluate(run: Run, use_val: bool, drawn: bool = False) -> Evaluation:
+    """The evaluation of the model; with `plots`, the search of the evaluation `drawn` at the end (the last one)
+    also keeps what `worst_queries.png` shows."""
     cfg = run.cfg
     return evaluate_model(
         run.model,
@@ -417,7 +417,7 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
     loader, batches = build_training_data(cfg, run.splits["train"], run.device, run.dist)
     last: Evaluation | None = None  # the last evaluation, drawn at the end
     if state.epoch == 0 and not state.history:
-        last = _evaluate(run, use_val)
+        last = _evaluate(run, use_val, drawn=cfg.epochs == 0)
         state.initial = last.values
         state.history.append({"epoch": -1, **state.initial})
         if main:
@@ -432,7 +432,7 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
         row: dict[str, Any] = {"epoch": epoch, **means, **learning_rates(run.optimizers)}
         metrics: dict[str, float] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            last = _evaluate(run, use_val)
+            last = _evaluate(run, use_val, drawn=epoch + 1 == cfg.epochs)
             metrics = state.last = last.values
         row["time"] = earlier + time.perf_counter() - start
         row.update(metrics)
@@ -479,7 +479,7 @@ def _test_of_best(run: Run, best_path: Path) -> dict[str, float]:
     """
     weights = load_checkpoint(best_path)["model"] if run.dist.is_main else None
     run.model.load_state_dict(broadcast_object(weights, run.dist))
-    return _evaluate(run, use_val=False, drawn=False).values
+    return _evaluate(run, use_val=False).values
 
 
 def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:
