@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.trainer import TrainingDiverged, train
 
         try:
-            continued = resume_point(resume, resume_state, cfg) if resume else None
+            continued = resume_point(resume, cfg, resume_state) if resume else None
             train(cfg, resume=continued, folder=folder)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -52,13 +52,15 @@ def model_from_checkpoint(
     return cfg, network
 
 
-def resume_point(path: str | Path, state: dict[str, Any], cfg: Config) -> Resume:
-    """What `main.py --resume` continues from: the checkpoint `state` read from `path` and its network, built by
-    `model_from_checkpoint` with the keys of the resumed run's configuration `cfg` (the checkpoint's, with any
-    YAML or command-line change); `pretrained` is never fetched, the weights are the checkpoint's."""
+def resume_point(path: str | Path, cfg: Config, state: dict[str, Any] | None = None) -> Resume:
+    """What a continued run (`main.py --resume`, a sweep's worker) starts from: the checkpoint of `path` (a
+    `last.pt` or its run folder; `state`: that checkpoint when already read) and its network, built by
+    `model_from_checkpoint` with the keys of the continued run's configuration `cfg`; `pretrained` is never
+    fetched, the weights are the checkpoint's."""
     from engine.trainer import Resume
 
-    _, network = model_from_checkpoint(state, Path(path), cfg.to_dict())
+    state = state if state is not None else load_checkpoint(path)
+    _, network = model_from_checkpoint(state, resolve_checkpoint_path(path), cfg.to_dict())
     return Resume(str(path), state, network)
 
 

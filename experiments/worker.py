@@ -190,19 +190,21 @@ class Sweep:
 
     def execute(self, claimed: Claimed) -> bool:
         """Run a claimed trial to its end; record its result and state. Returns False when it failed."""
+        from config.checkpoints import resume_point
         from engine.trainer import train
 
         trial_id, attrs = claimed.trial._trial_id, claimed.trial.user_attrs
         folder = self.out / attrs["folder"]
         live = optuna.trial.Trial(claimed.study, trial_id) if claimed.search else None
         values = suggest(live, self.spec.search or {}) if live is not None else attrs.get("values", {})
-        resume = str(folder) if (folder / "checkpoints" / "last.pt").is_file() else None
+        resumable = (folder / "checkpoints" / "last.pt").is_file()
         start = time.perf_counter()
         state, result = TrialState.COMPLETE, {}
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat):
             try:
                 cfg = run_config(self.spec, values, int(attrs["seed"]))
                 hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
+                resume = resume_point(folder, cfg) if resumable else None
                 summary = train(cfg, resume=resume, folder=folder, on_evaluation=hook)
                 result = result_of(summary, cfg.val_classes > 0)
             except optuna.TrialPruned:
