@@ -252,6 +252,7 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
         write_embeddings,
     )
     from engine.forward import ForwardPolicy
+    from engine.grids import WORST_QUERIES_TOP, write_worst_queries
     from engine.runtime import resolve_device
     from metrics import canonical_metric_name
 
@@ -280,14 +281,20 @@ def evaluate_checkpoint(request: CheckpointEvaluation) -> dict[str, float]:
     )
     if request.save_embeddings:
         write_embeddings(request.save_embeddings, embedded)
-    if request.show > 0 and request.show_path:
-        from engine.grids import write_worst_queries
-
-        written = write_worst_queries(embedded, splits, request.show_path, n=request.show)
-        request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
     if request.search_on_cpu:
         embedded = {name: (embeddings.cpu(), labels) for name, (embeddings, labels) in embedded.items()}
-    return evaluate_embeddings(embedded, cfg.evaluation_metrics, request.backend, same_item_indices(splits))
+    show = request.show > 0 and request.show_path
+    values, ranking = evaluate_embeddings(
+        embedded,
+        cfg.evaluation_metrics,
+        request.backend,
+        same_item_indices(splits),
+        keep_top=WORST_QUERIES_TOP if show else 0,
+    )
+    if show:
+        written = write_worst_queries(ranking, embedded, splits, request.show_path, n=request.show)
+        request.report(f"worst queries drawn to {written}" if written else "no query could be scored; no picture")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,11 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
         if options.dry_run:
             return dry_run(cfg, options.check_images)
+        from config.checkpoints import resume_point
         from engine.interrupts import TrainingStopped
         from engine.trainer import TrainingDiverged, train
 
         try:
-            train(cfg, resume=resume, resume_state=resume_state, folder=folder)
+            continued = resume_point(resume, cfg, resume_state) if resume else None
+            train(cfg, resume=continued, folder=folder)
         except TrainingDiverged as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

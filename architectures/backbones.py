@@ -1,18 +1,22 @@
 """Backbone trunks: any timm model, and BN-Inception through pretrainedmodels.
 
 Pretrained weights are data: `pretrained: true` loads them through timm's hub cache (a download on first
-use), `pretrained_path: FILE` loads a local file and never touches the network (a state dict, a checkpoint
-holding one, or a file of a kind that a plugged-in `WeightReader` reads: the trainer plugs in the reference
-implementation's checkpoints, whose backbone is then used). Without a network and
-without a cached or local file, the failure is a `UserError` that says what to do.
+use), `pretrained_path: FILE` loads a local file and never touches the network. What the file holds is
+`pretrained_format` (`PretrainedFile`): `state_dict` (a state dict, or a checkpoint holding one under
+`state_dict` / `model`, read with `torch.load(weights_only=True)`, or a `.safetensors` file), `reference` (a
+checkpoint of the reference implementation, whose backbone is then used: read by the `ReferenceReader` that the
+composition plugs in, this package does not know that format), or `auto`: decided by the file's content, read
+once. Without a network and without a cached or local file, the failure is a `UserError` that says what to do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,28 +44,72 @@ def _weights_help(name: str) -> str:
     )
 
 
-WeightReader = Callable[[Path], "dict[str, torch.Tensor] | None"]
-"""A reader plugged in for `pretrained_path` files that `torch.load` (weights only) cannot read: the backbone's
-state dict, or None when the file is not of its kind (`compat.weights.reference_trunk_weights` reads the
-reference implementation's checkpoints)."""
+PRETRAINED_FORMATS = ("auto", "state_dict", "reference")
 
 
-def read_state_dict(path: Path, readers: Sequence[WeightReader] = ()) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"pretrained_path: file not found: {path}")
+@dataclass(frozen=True)
+class ReferenceReader:
+    """How checkpoints of the reference implementation are read, plugged in by the composition (the trainer:
+    `compat.weights.REFERENCE_READER`). `read`: the content of a torch zip checkpoint of either kind, read without
+    executing anything it holds; `is_reference`: that content is a checkpoint of the reference; `trunk_state`: its
+    backbone's tensors under the timm / pretrainedmodels names."""
+
+    read: Callable[[Path], Any]
+    is_reference: Callable[[Any], bool]
+    trunk_state: Callable[[Any], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    """`pretrained_path` (empty: none), its `pretrained_format`, and the reader of the reference's checkpoints
+    (None: not available, so `reference` is an error and `auto` means `state_dict`)."""
+
+    path: str = ""
+    format: str = "auto"
+    reference: ReferenceReader | None = None
+
+    def read(self) -> dict[str, torch.Tensor]:
+        """The backbone state dict the file holds, read once, as its format says (UserErrors name the file)."""
+        path = Path(self.path)
+        if self.format not in PRETRAINED_FORMATS:
+            raise UserError(f"pretrained_format: {self.format!r} is not one of {', '.join(PRETRAINED_FORMATS)}")
+        if not path.is_file():
+            raise UserError(f"pretrained_path: file not found: {path}")
+        if self.format == "reference":
+            if self.reference is None:
+                raise UserError("pretrained_format: reference: no reader of the reference's checkpoints is plugged in")
+            content = self.reference.read(path)
+            if not self.reference.is_reference(content):
+                raise UserError(
+                    f"pretrained_format: reference: {path} is not a checkpoint of the reference implementation "
+                    "(a dict with 'state_dict' and 'opt'); a state dict needs pretrained_format: state_dict or auto"
+                )
+            return self.reference.trunk_state(content)
+        if self.format == "auto" and self.reference is not None and zipfile.is_zipfile(path):
+            content = self.reference.read(path)  # the restricted reader reads both kinds of torch zip checkpoint
+            if self.reference.is_reference(content):
+                return self.reference.trunk_state(content)
+            return _unwrap(content, path)
+        return _unwrap(_load_state_dict_file(path), path)
+
+
+def _load_state_dict_file(path: Path) -> Any:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        for read in readers:
-            state = read(path)
-            if state is not None:
-                return state
-        raise UserError(f"pretrained_path: cannot read weights from {path}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(
+            f"pretrained_path: cannot read weights from {path} as a state dict ({first}); a checkpoint of the "
+            "reference implementation needs pretrained_format: reference or auto"
+        ) from None
+
+
+def _unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict, or the one a checkpoint holds under `state_dict` or `model`."""
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -85,6 +133,8 @@ def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: 
             f"({len(missing)} missing tensors, e.g. {missing[0]})"
         )
     for key, value in usable.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"pretrained_path: {path}: {key} is not a tensor (not a state dict?)")
         if own[key].shape != value.shape:
             raise UserError(
                 f"pretrained_path: {path}: tensor {key} has shape {tuple(value.shape)}, expected "
@@ -93,7 +143,7 @@ def load_trunk_weights(module: nn.Module, state: dict[str, torch.Tensor], name: 
     module.load_state_dict(usable, strict=False)  # only counters can be missing here, and nothing is unexpected
 
 
-def timm_trunk(name: str, pretrained: bool, pretrained_path: str, readers: Sequence[WeightReader] = ()) -> Trunk:
+def timm_trunk(name: str, pretrained: bool, weights: PretrainedFile) -> Trunk:
     import timm
 
     if not timm.is_model(name):
@@ -101,13 +151,13 @@ def timm_trunk(name: str, pretrained: bool, pretrained_path: str, readers: Seque
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise UserError(f"key 'arch': unknown backbone '{name}'{hint}")
     try:
-        module = timm.create_model(name, pretrained=pretrained and not pretrained_path, num_classes=0)
+        module = timm.create_model(name, pretrained=pretrained and not weights.path, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
-        if pretrained and not pretrained_path:
+        if pretrained and not weights.path:
             raise UserError(_weights_help(name)) from exc
         raise
-    if pretrained and pretrained_path:
-        load_trunk_weights(module, read_state_dict(Path(pretrained_path), readers), name, Path(pretrained_path))
+    if pretrained and weights.path:
+        load_trunk_weights(module, weights.read(), name, Path(weights.path))
     cfg = module.pretrained_cfg
     spec = Normalization(tuple(cfg.get("mean", IMAGENET.mean)), tuple(cfg.get("std", IMAGENET.std)))
     token_pool = not hasattr(module, "global_pool") or not isinstance(getattr(module, "global_pool", None), nn.Module)
@@ -136,29 +186,29 @@ class _BNInceptionTrunk(nn.Module):
         return self.model.features(images)
 
 
-def bninception_trunk(name: str, pretrained: bool, pretrained_path: str, readers: Sequence[WeightReader] = ()) -> Trunk:
+def bninception_trunk(name: str, pretrained: bool, weights: PretrainedFile) -> Trunk:
     import pretrainedmodels
 
     model = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
     if pretrained:
-        if pretrained_path:
-            state = read_state_dict(Path(pretrained_path), readers)
+        if weights.path:
+            state = weights.read()
         else:
             try:
                 state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu")
             except Exception as exc:  # noqa: BLE001
                 raise UserError(_weights_help(name)) from exc
-        load_trunk_weights(model, state, name, Path(pretrained_path or BNINCEPTION_URL))
+        load_trunk_weights(model, state, name, Path(weights.path or BNINCEPTION_URL))
     model.last_linear = nn.Identity()
     return Trunk(_BNInceptionTrunk(model), 1024, BNINCEPTION)
 
 
 @dataclass(frozen=True)
 class SpecialBackbone:
-    """A backbone that is not a timm model: its builder `(name, pretrained, pretrained_path, readers) -> Trunk`, the
+    """A backbone that is not a timm model: its builder `(name, pretrained, weights: PretrainedFile) -> Trunk`, the
     input normalisation it expects (known without building it, so data pipelines can be set up first)."""
 
-    build: Callable[[str, bool, str, Sequence[WeightReader]], Trunk]
+    build: Callable[[str, bool, PretrainedFile], Trunk]
     input_spec: Normalization
     description: str
 
@@ -188,7 +238,7 @@ def input_spec_for(name: str) -> Normalization:
     return Normalization(tuple(cfg.mean or IMAGENET.mean), tuple(cfg.std or IMAGENET.std))
 
 
-def build_trunk(name: str, pretrained: bool, pretrained_path: str = "", readers: Sequence[WeightReader] = ()) -> Trunk:
-    """The backbone `name`; `readers` are tried, in order, on a `pretrained_path` that `torch.load` cannot read."""
+def build_trunk(name: str, pretrained: bool, weights: PretrainedFile | None = None) -> Trunk:
+    """The backbone `name`; with `pretrained`, its weights from `weights` (a local file) or else from the hub."""
     special = SPECIAL_BACKBONES.get(name)
-    return (special.build if special else timm_trunk)(name, pretrained, pretrained_path, readers)
+    return (special.build if special else timm_trunk)(name, pretrained, weights or PretrainedFile())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from architectures.backbones import PRETRAINED_FORMATS
 from architectures.embedding import EMBED_NORMS, POOLINGS
 from utilities.settings import setting
 
@@ -16,6 +17,11 @@ class ModelSettings:
     arch: str = setting("resnet50.tv_in1k", "backbone: any timm model name, or bninception")
     pretrained: bool = setting(True, "start from ImageNet weights (timm hub cache, or pretrained_path)")
     pretrained_path: str = setting("", "local weights file for the backbone (no download)")
+    pretrained_format: str = setting(
+        "auto",
+        "what pretrained_path holds: a state dict, a reference implementation checkpoint, or auto: by its content",
+        PRETRAINED_FORMATS,
+    )
     pooling: str = setting("avgmax", "pooling of CNN feature maps", tuple(POOLINGS))
     embed_dim: int = setting(512, "embedding dimension", at_least=1)
     embed_norm: str = setting("layernorm", "embedding normalisation", EMBED_NORMS)

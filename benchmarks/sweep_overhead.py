@@ -41,7 +41,7 @@ KEYS = ["--dataset", "synthetic", "--arch", "test_resnet", "--pretrained", "fals
         "--evaluation_metrics", "recall@1", "map@r"]  # fmt: skip
 
 
-def _stub_train(cfg, resume=None, resume_state=None, *, folder=None, on_evaluation=None) -> dict[str, Any]:
+def _stub_train(cfg, resume=None, *, folder=None, on_evaluation=None) -> dict[str, Any]:
     metrics = {"recall@1": 0.5 + 0.01 * cfg.seed, "map@r": 0.2}
     return {"best": metrics, "best_metric": cfg.best_metric, "best_epoch": 0, "last": metrics}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from architectures import ReferenceReader
 from utilities.errors import UserError
 
 
@@ -60,17 +61,19 @@ def reference_trunk_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     }
 
 
-def reference_trunk_weights(path: Path) -> dict[str, torch.Tensor] | None:
-    """The backbone weights of a checkpoint of the reference implementation (read without executing any of its
-    pickled objects), or None when `path` is not one: the `WeightReader` that training plugs into
-    `architectures.build_model` for `pretrained_path`."""
+def _read_restricted(path: Path) -> Any:
     from compat.unpickler import load_restricted
 
-    try:
-        loaded = load_restricted(path).obj
-    except UserError:
-        return None
-    return reference_trunk_state(loaded["state_dict"]) if is_reference_checkpoint(loaded) else None
+    return load_restricted(path).obj
+
+
+REFERENCE_READER = ReferenceReader(
+    read=_read_restricted,
+    is_reference=is_reference_checkpoint,
+    trunk_state=lambda checkpoint: reference_trunk_state(checkpoint["state_dict"]),
+)
+"""Checkpoints of the reference implementation as `pretrained_path` (read without executing any of their pickled
+objects): what training plugs into `architectures.build_model`."""
 
 
 def load_reference_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:

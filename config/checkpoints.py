@@ -8,7 +8,7 @@ to use); resuming a run (``main.py --resume``) reads ``checkpoints/last.pt``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from config.schema import Config, config_from_dict
 from engine.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint_path
 from engine.inference import InferenceModel, default_device
 from utilities.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.trainer import Resume
 
 
 def model_checkpoint(path: str | Path) -> Path:
@@ -36,7 +39,8 @@ def model_from_checkpoint(
 ) -> tuple[Config, EmbeddingModel]:
     """The one path from a checkpoint of this project to its model: the stored configuration (with
     `overrides`; `pretrained` off, the weights are the checkpoint's) checked and resolved as any other, the
-    network built from it and its weights loaded. Used by `load_model` and eval.py."""
+    network built from it and its weights loaded. Used by `load_model`, eval.py and `main.py --resume`
+    (`resume_point`)."""
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{file} is not a model checkpoint of this project (no 'config' and 'model' entries)")
     cfg = config_from_dict({**state["config"], **(overrides or {}), "pretrained": False}, f"checkpoint {file}")
@@ -46,6 +50,18 @@ def model_from_checkpoint(
     except RuntimeError as error:
         raise UserError(f"{file}: the weights do not fit arch {cfg.arch!r} ({str(error).splitlines()[0]})") from None
     return cfg, network
+
+
+def resume_point(path: str | Path, cfg: Config, state: dict[str, Any] | None = None) -> Resume:
+    """What a continued run (`main.py --resume`, a sweep's worker) starts from: the checkpoint of `path` (a
+    `last.pt` or its run folder; `state`: that checkpoint when already read) and its network, built by
+    `model_from_checkpoint` with the keys of the continued run's configuration `cfg`; `pretrained` is never
+    fetched, the weights are the checkpoint's."""
+    from engine.trainer import Resume
+
+    state = state if state is not None else load_checkpoint(path)
+    _, network = model_from_checkpoint(state, resolve_checkpoint_path(path), cfg.to_dict())
+    return Resume(str(path), state, network)
 
 
 def model_from_reference(

@@ -7,8 +7,9 @@ metrics, which it then shares with the other ranks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +21,21 @@ from engine.data import loader_generator
 from engine.forward import ForwardPolicy
 from utilities.distributed import DistInfo, broadcast_object, gather_uneven
 
+if TYPE_CHECKING:
+    from metrics import QueryRanking
+
 QUERY_GALLERY = ("query", "gallery")
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a model: its metric values (on every rank), its embedded splits (each rank's own copy)
+    and, when asked for (`keep_top`), the per-query ranking of its one search (rank 0 only; None otherwise or
+    when no query could be scored)."""
+
+    values: dict[str, float]
+    embedded: dict[str, tuple[torch.Tensor, np.ndarray]]
+    ranking: QueryRanking | None = None
 
 
 def _shard(dataset: Dataset, info: DistInfo) -> Dataset:
@@ -104,18 +119,23 @@ def evaluate_embeddings(
     metrics: Sequence[str],
     backend: str,
     same_item: np.ndarray | None = None,
-) -> dict[str, float]:
+    keep_top: int = 0,
+) -> tuple[dict[str, float], QueryRanking | None]:
     """Metrics of embedded splits: query→gallery when both exist (a query's own image, `same_item`, excluded),
-    else within the one split."""
+    else within the one split; with `keep_top` > 0 also the per-query ranking of the same search (None when no
+    query can be scored, and when `keep_top` is 0)."""
     from metrics import compute_metrics, compute_query_gallery_metrics
 
+    options: dict[str, Any] = {"backend": backend, "return_info": True, "keep_top": keep_top}
     if "query" in embedded:
         (q, ql), (g, gl) = embedded["query"], embedded["gallery"]
-        return compute_query_gallery_metrics(
-            q, ql, g, gl, list(metrics), backend=backend, device=q.device, same_item=same_item
+        values, info = compute_query_gallery_metrics(
+            q, ql, g, gl, list(metrics), device=q.device, same_item=same_item, **options
         )
-    ((embeddings, labels),) = embedded.values()
-    return compute_metrics(embeddings, labels, list(metrics), backend=backend, device=embeddings.device)
+    else:
+        ((embeddings, labels),) = embedded.values()
+        values, info = compute_metrics(embeddings, labels, list(metrics), device=embeddings.device, **options)
+    return values, info.get("ranking")
 
 
 def embed_splits(
@@ -139,8 +159,10 @@ def evaluate_model(
     channels_last: bool = True,
     normalize: bool = True,
     dist: DistInfo | None = None,
-) -> tuple[dict[str, float], dict[str, tuple[torch.Tensor, np.ndarray]]]:
-    """Embed the named splits and compute the metrics (on rank 0, shared with every rank)."""
+    keep_top: int = 0,
+) -> Evaluation:
+    """Embed the named splits and compute the metrics (on rank 0, shared with every rank), with the per-query
+    ranking of the search when `keep_top` > 0 (`evaluate_embeddings`; on rank 0)."""
     dist = dist or DistInfo()
     embedded = embed_splits(
         model,
@@ -154,8 +176,10 @@ def evaluate_model(
         normalize=normalize,
         dist=dist,
     )
-    values = evaluate_embeddings(embedded, metrics, backend, same_item_indices(splits)) if dist.is_main else None
-    return broadcast_object(values, dist), embedded
+    values, ranking = None, None
+    if dist.is_main:
+        values, ranking = evaluate_embeddings(embedded, metrics, backend, same_item_indices(splits), keep_top)
+    return Evaluation(broadcast_object(values, dist), embedded, ranking)
 
 
 def write_embeddings(path: str | Path, embedded: dict[str, tuple[torch.Tensor, np.ndarray]]) -> None:

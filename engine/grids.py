@@ -5,7 +5,8 @@ training. Under each result: its cosine similarity to the query. When the labels
 result are both known, a green frame marks a result of the query's class and a red frame one of another
 class; unknown labels get a thin grey frame.
 
-`worst_queries` picks the queries to show after an evaluation: the N queries with the lowest average
+`worst_queries` picks the queries to show after an evaluation, from what the evaluation's one search kept
+per query (`metrics.QueryRanking`; this module searches nothing): the N queries with the lowest average
 precision (MAP@R, the project's `map@r` of that one query), ties broken by the rank of the first correct
 neighbour (furthest first; none within the searched depth counts as furthest), then by query order. Queries
 without any other item of their class cannot be scored and are never picked.
@@ -16,14 +17,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from metrics import QueryRanking
+
 GREEN, RED, GREY, BLUE = "#2ca02c", "#d62728", "#9a9a9a", "#1f3b73"
 WORST_QUERIES_FILE = "worst_queries.png"  # in the run folder (end of training, eval.py --show)
 WORST_QUERIES_SHOWN = 8  # queries drawn at the end of training
+WORST_QUERIES_TOP = 5  # neighbours drawn beside each (the `keep_top` an evaluation asks of its search)
 MAX_LABEL_CHARS = 18
 
 
@@ -105,62 +110,33 @@ def draw_retrieval_grid(
 
 @torch.no_grad()
 def worst_queries(
+    ranking: QueryRanking | None,
     embedded: dict[str, tuple[torch.Tensor, np.ndarray]],
     paths: dict[str, Sequence[str]],
     n: int,
-    top: int = 5,
 ) -> list[GridRow]:
-    """The `n` worst queries of an evaluation's embeddings, each with its `top` nearest gallery images.
+    """The `n` worst queries of an evaluation, each with its nearest gallery images.
 
-    `embedded`: {"test": (embeddings, labels)} (every item queries all others) or {"query": ..., "gallery":
-    ...}, as `engine.evaluation.embed_splits` returns them; `paths`: the image paths of those splits. The
-    neighbours are those of the evaluation's own exact search (`metrics.knn.iter_knn`, L2 distance); the
-    similarity shown is the cosine similarity.
+    `ranking`: what the evaluation's own search kept per query (`metrics.QueryRanking`; None: no query could be
+    scored); `embedded`: {"test": (embeddings, labels)} (every item queries all others) or {"query": ...,
+    "gallery": ...}, as `engine.evaluation.embed_splits` returns them; `paths`: the image paths of those splits.
+    The similarity shown is the cosine similarity.
     """
-    from engine.evaluation import own_gallery_rows
-    from metrics.knn import drop_same_item, iter_knn
-    from metrics.retrieval import map_at_r
-
-    own = None
+    if ranking is None or n < 1:
+        return []
     if "query" in embedded:
         (q, ql), (g, gl) = embedded["query"], embedded["gallery"]
-        qp, gp, exclude_self = paths["query"], paths["gallery"], False
-        own = own_gallery_rows(qp, gp)  # a query's own image in the gallery is never shown as a result
+        qp, gp = paths["query"], paths["gallery"]
     else:
         ((name, (q, ql)),) = embedded.items()
-        g, gl, qp, gp, exclude_self = q, ql, paths[name], paths[name], True
-    q, g = q.float(), g.float()
+        g, gl, qp, gp = q, ql, paths[name], paths[name]
+    scored = torch.nonzero(~ranking.map_at_r.isnan())[:, 0].tolist()
+    keys = [(float(ranking.map_at_r[row]), -int(ranking.first_correct[row]), row) for row in scored]
+    qn, gn = torch.nn.functional.normalize(q.float(), dim=-1), torch.nn.functional.normalize(g.float(), dim=-1)
     ql_t, gl_t = torch.as_tensor(np.asarray(ql)), torch.as_tensor(np.asarray(gl))
-    gallery_counts: dict[int, int] = {}
-    for label in gl_t.tolist():
-        gallery_counts[label] = gallery_counts.get(label, 0) + 1
-    in_gallery = torch.zeros(len(ql_t), dtype=torch.int64) if own is None else torch.from_numpy(own >= 0).long()
-    relevant = torch.tensor([gallery_counts.get(label, 0) for label in ql_t.tolist()]) - in_gallery - int(exclude_self)
-    eligible = len(g) - (1 if exclude_self or own is not None else 0)
-    if n < 1 or eligible < 1 or len(relevant) == 0 or int(relevant.max()) < 1:
-        return []
-    k = min(max(int(relevant.max()), top), eligible)
-    keys, neighbours = [], []
-    searched = k + 1 if own is not None else k
-    for start, indices in iter_knn(q, g, searched, exclude_self=exclude_self, backend="torch", device=q.device):
-        indices = indices.cpu()
-        rows = slice(start, start + len(indices))
-        if own is not None:
-            indices = drop_same_item(indices, torch.from_numpy(own[rows]), k)
-        hits = gl_t[indices] == ql_t[rows, None]
-        precision = map_at_r(hits, relevant[rows].clamp(min=1))
-        first = torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.full((len(hits),), k))
-        for offset in range(len(indices)):
-            row = start + offset
-            if relevant[row] >= 1:
-                keys.append((float(precision[offset]), -int(first[offset]), row))
-        neighbours.append(indices[:, :top])
-    table = torch.cat(neighbours)
-    chosen = sorted(keys)[:n]
-    qn, gn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(g, dim=-1)
     result = []
-    for ap, _, row in chosen:
-        ids = table[row].tolist()
+    for ap, _, row in sorted(keys)[:n]:
+        ids = ranking.neighbours[row].tolist()
         sims = (gn[ids] @ qn[row]).tolist()
         result.append(
             GridRow(
@@ -174,16 +150,16 @@ def worst_queries(
 
 
 def write_worst_queries(
+    ranking: QueryRanking | None,
     embedded: dict[str, tuple[torch.Tensor, np.ndarray]],
     splits: dict[str, Any],
     path: str | Path,
     n: int = WORST_QUERIES_SHOWN,
-    top: int = 5,
     title: str | None = None,
 ) -> Path | None:
     """`worst_queries` of the embedded splits (datasets with `paths`) drawn to `path`; None (nothing written)
     when no query can be scored."""
-    rows = worst_queries(embedded, {name: splits[name].paths for name in embedded}, n, top)
+    rows = worst_queries(ranking, embedded, {name: splits[name].paths for name in embedded}, n)
     if not rows:
         return None
     heading = title or f"{len(rows)} worst queries (lowest MAP@R); green: same class, red: other class"

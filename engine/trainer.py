@@ -23,9 +23,9 @@ from torch import nn
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.data import build_training_data
-from engine.evaluation import evaluate_model, evaluation_splits
+from engine.evaluation import Evaluation, evaluate_model, evaluation_splits
 from engine.forward import ForwardPolicy
-from engine.grids import WORST_QUERIES_FILE, write_worst_queries
+from engine.grids import WORST_QUERIES_FILE, WORST_QUERIES_TOP, write_worst_queries
 from engine.interrupts import StopControl, TrainingStopped
 from engine.optim import build_optimizers, build_schedulers, learning_rates, schedule_steps_after
 from engine.run_folder import new_run_folder, write_config, write_metrics_csv, write_summary
@@ -66,6 +66,16 @@ class RunState:
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: int = -1
     nonfinite_streak: int = 0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A run to continue: its checkpoint file (`last.pt`), the checkpoint read from it, and the network with the
+    checkpoint's weights, built by the one checkpoint -> model path (`config.checkpoints.resume_point`)."""
+
+    path: str
+    state: dict[str, Any]
+    network: nn.Module
 
 
 @dataclass(kw_only=True)
@@ -111,7 +121,7 @@ def _checkpoint_state(run: Run, full: bool) -> dict[str, Any]:
 
 
 def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
-    run.model.load_state_dict(checkpoint["model"])
+    """Everything of the checkpoint but the network's weights (`Resume.network` holds them already)."""
     run.criterion.load_state_dict(checkpoint["criterion"])
     for name, optimizer in run.optimizers.items():
         optimizer.load_state_dict(checkpoint["optimizers"][name])
@@ -173,9 +183,9 @@ def _restore_position(run: Run, loader, partial: dict[str, Any]) -> None:
     loader.generator.set_state(randomness["loader"])
 
 
-def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | None, folder: Path | None = None) -> Run:
+def _build_run(cfg: Config, resume: Resume | None, folder: Path | None = None) -> Run:
     from architectures import build_model, input_spec_for
-    from compat.weights import reference_trunk_weights
+    from compat.weights import REFERENCE_READER
     from criteria import build_criterion
     from datasets import build_datasets
 
@@ -185,7 +195,7 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     splits = build_datasets(cfg, input_spec_for(cfg.arch))
     seed_everything(cfg.seed)
     policy = ForwardPolicy(device, cfg.precision, cfg.channels_last)
-    model = policy.place_model(build_model(cfg, readers=(reference_trunk_weights,)))
+    model = policy.place_model(resume.network if resume else build_model(cfg, reference=REFERENCE_READER))
     criterion = build_criterion(cfg, splits["train"].num_classes).to(device)
     wrapped: nn.Module = model
     if dist.enabled:
@@ -224,8 +234,8 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     )
     if resume:
         # optimizers and modules copy the stored tensors onto their own device when loading
-        _restore(run, resume_state if resume_state is not None else load_checkpoint(resume))
-        run.folder = Path(resume).resolve()
+        _restore(run, resume.state)
+        run.folder = Path(resume.path).resolve()
         run.folder = run.folder if run.folder.is_dir() else run.folder.parent.parent
     elif dist.is_main and folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +246,9 @@ def _build_run(cfg: Config, resume: str | None, resume_state: dict[str, Any] | N
     return run
 
 
-def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]]:
+def _evaluate(run: Run, use_val: bool, drawn: bool = False) -> Evaluation:
+    """The evaluation of the model; with `plots`, the search of the evaluation `drawn` at the end (the last one)
+    also keeps what `worst_queries.png` shows."""
     cfg = run.cfg
     return evaluate_model(
         run.model,
@@ -251,6 +263,7 @@ def _evaluate(run: Run, use_val: bool) -> tuple[dict[str, float], dict[str, Any]
         channels_last=cfg.channels_last,
         normalize=cfg.eval_normalize,
         dist=run.dist,
+        keep_top=WORST_QUERIES_TOP if cfg.plots and drawn else 0,
     )
 
 
@@ -362,14 +375,12 @@ EvaluationHook = Callable[[int, dict[str, float]], None]
 
 def train(
     cfg: Config,
-    resume: str | None = None,
-    resume_state: dict[str, Any] | None = None,
+    resume: Resume | None = None,
     *,
     folder: Path | None = None,
     on_evaluation: EvaluationHook | None = None,
 ) -> dict[str, Any]:
-    """Train according to `cfg` (or continue the run of `resume`, whose checkpoint may be passed already
-    loaded as `resume_state`); returns the summary.
+    """Train according to `cfg` (or continue the run of `resume`); returns the summary.
 
     `folder`: the run folder of a new run (created if missing; default: a new `<save_path>/<dataset>/<save_name>[_N]`).
     `on_evaluation(epoch, metrics)`: called on rank 0 after each epoch's evaluation, once its files are written
@@ -379,7 +390,7 @@ def train(
     saved in `checkpoints/last.pt` (`engine.interrupts.TrainingStopped` is raised); `checkpoint_minutes`
     also saves that position every so many minutes.
     """
-    run = _build_run(cfg, resume, resume_state, folder)
+    run = _build_run(cfg, resume, folder)
     run.stopper = StopControl(cfg.checkpoint_minutes, run.device)
     run.stopper.install()
     try:
@@ -405,9 +416,10 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
             print(f"resuming epoch {state.epoch} after iteration {run.partial['steps']}", flush=True)
     use_val = "val" in run.splits
     loader, batches = build_training_data(cfg, run.splits["train"], run.device, run.dist)
-    embedded: dict[str, Any] = {}
+    last: Evaluation | None = None  # the last evaluation, drawn at the end
     if state.epoch == 0 and not state.history:
-        state.initial, embedded = _evaluate(run, use_val)
+        last = _evaluate(run, use_val, drawn=cfg.epochs == 0)
+        state.initial = last.values
         state.history.append({"epoch": -1, **state.initial})
         if main:
             print(colored("[before training]", "cyan"), "  ".join(f"{k}={v:.4f}" for k, v in state.initial.items()))
@@ -421,8 +433,8 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
         row: dict[str, Any] = {"epoch": epoch, **means, **learning_rates(run.optimizers)}
         metrics: dict[str, float] = {}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            metrics, embedded = _evaluate(run, use_val)
-            state.last = metrics
+            last = _evaluate(run, use_val, drawn=epoch + 1 == cfg.epochs)
+            metrics = state.last = last.values
         row["time"] = earlier + time.perf_counter() - start
         row.update(metrics)
         state.history.append(row)
@@ -453,9 +465,9 @@ def _train(run: Run, on_evaluation: EvaluationHook | None = None) -> dict[str, A
         summary["test_of_best"] = _test_of_best(run, checkpoints / "best.pt")
     if main:
         write_summary(summary, folder / "summary.json")
-        if cfg.plots and embedded:
-            _plot_map(run, embedded, folder / "embedding_map.png")
-            write_worst_queries(embedded, run.splits, folder / WORST_QUERIES_FILE)  # the last evaluation's
+        if cfg.plots and last is not None:
+            _plot_map(run, last.embedded, folder / "embedding_map.png")
+            write_worst_queries(last.ranking, last.embedded, run.splits, folder / WORST_QUERIES_FILE)
         if writer is not None:
             writer.close()
     return summary
@@ -468,8 +480,7 @@ def _test_of_best(run: Run, best_path: Path) -> dict[str, float]:
     """
     weights = load_checkpoint(best_path)["model"] if run.dist.is_main else None
     run.model.load_state_dict(broadcast_object(weights, run.dist))
-    test_metrics, _ = _evaluate(run, use_val=False)
-    return test_metrics
+    return _evaluate(run, use_val=False).values
 
 
 def _plot_map(run: Run, embedded: dict[str, Any], path: Path) -> None:

@@ -58,6 +58,7 @@ def train_on_processes(
 def main(argv: list[str]) -> int:
     """One rank: train the run; 2 for a user error, 128 + a signal's number when stopped by it."""
     die_with_parent()
+    from config.checkpoints import resume_point
     from config.command_line import parse_command_line
     from engine.interrupts import TrainingStopped
     from engine.trainer import train
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> int:
     folder, resume, *tokens = argv
     try:
         cfg, _ = parse_command_line(tokens, "sweep run")
-        train(cfg, resume=resume or None, folder=Path(folder))
+        train(cfg, resume=resume_point(resume, cfg) if resume else None, folder=Path(folder))
     except UserError as exc:
         return report_user_error(exc)
     except TrainingStopped as stop:

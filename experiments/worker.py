@@ -198,6 +198,7 @@ class Sweep:
 
     def execute(self, claimed: Claimed) -> bool:
         """Run a claimed trial to its end; record its result and state. Returns False when it failed."""
+        from config.checkpoints import resume_point
         from engine.interrupts import TrainingStopped
         from engine.trainer import train
         from experiments.distributed import train_on_processes
@@ -206,7 +207,7 @@ class Sweep:
         folder = self.out / attrs["folder"]
         live = optuna.trial.Trial(claimed.study, trial_id) if claimed.search else None
         values = suggest(live, self.spec.search or {}) if live is not None else attrs.get("values", {})
-        resume = str(folder) if (folder / "checkpoints" / "last.pt").is_file() else None
+        resumable = (folder / "checkpoints" / "last.pt").is_file()
         start = time.perf_counter()
         state, result = TrialState.COMPLETE, {}
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat):
@@ -214,9 +215,11 @@ class Sweep:
                 cfg = run_config(self.spec, values, int(attrs["seed"]))
                 if self.spec.gpus_per_run > 1:
                     tokens = run_tokens(self.spec, values, int(attrs["seed"]))
-                    summary = train_on_processes(self.spec.gpus_per_run, folder, resume, tokens, self.spec.threads)
+                    continued = str(folder) if resumable else None
+                    summary = train_on_processes(self.spec.gpus_per_run, folder, continued, tokens, self.spec.threads)
                 else:
                     hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
+                    resume = resume_point(folder, cfg) if resumable else None
                     summary = train(cfg, resume=resume, folder=folder, on_evaluation=hook)
                 result = result_of(summary, cfg.val_classes > 0)
             except TrainingStopped as stop:

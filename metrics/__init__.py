@@ -3,7 +3,8 @@
 Public API::
 
     compute_metrics(embeddings, labels, metrics, *, backend="auto", device=None, num_threads=None,
-                    return_info=False) -> dict[str, float]   (or (dict, info) with return_info=True)
+                    return_info=False, keep_top=0) -> dict[str, float]   (or (dict, info) with return_info=True;
+                    keep_top=N: info["ranking"], a QueryRanking of each query's N nearest neighbours)
     compute_query_gallery_metrics(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                                   metrics, *, backend="auto", device=None, ...) -> dict[str, float]
     canonical_metric_name(name) -> str        parse_metric_list(tokens) -> list[str]
@@ -19,7 +20,7 @@ from typing import Any
 
 from metrics.names import CLUSTERING_METRICS, QUERY_GALLERY_METRICS, canonical_metric_name, parse_metric_list
 
-_COMPUTE = ("compute_metrics", "compute_query_gallery_metrics", "resolve_backend")
+_COMPUTE = ("QueryRanking", "compute_metrics", "compute_query_gallery_metrics", "resolve_backend")
 _CLUSTERING = ("f1_from_assignment", "nmi_from_assignment", "kmeans_assignment")
 
 __all__ = [

@@ -5,7 +5,9 @@
 ``return_info=True`` they return ``(values, info)`` where ``info`` holds ``queries`` (number of queries),
 ``excluded_queries`` (queries left out of the retrieval metrics because no other item has their class),
 ``k`` (neighbours searched), ``backend`` (the kNN backend used) and the search statistics
-(``float64_order_rows``, ``fp32_retry_rows``, ``full_rows``, see ``metrics.knn``).
+(``float64_order_rows``, ``fp32_retry_rows``, ``full_rows``, see ``metrics.knn``). With ``keep_top=N`` the same
+search also gives, per query, what a picture of the worst queries needs: ``info["ranking"]``, a `QueryRanking`
+(absent when no query can be scored).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -109,6 +112,43 @@ def _needed_k(names: list[str], max_relevant: int) -> int:
     return max((spec.neighbours(k, max_relevant) for spec, k in map(resolve_metric, names)), default=0)
 
 
+@dataclass(frozen=True)
+class QueryRanking:
+    """Per query, what the evaluation's one search found (`keep_top` of `compute_metrics` and
+    `compute_query_gallery_metrics`): enough to pick and draw the worst queries (`engine.grids`).
+
+    ``neighbours`` (queries x top, int64): the gallery indices of the query's nearest neighbours, nearest first,
+    in the exact order of `metrics.knn` (a query's own item never among them). ``map_at_r`` (queries,): the
+    query's MAP@R, NaN where it cannot be scored (no relevant item). ``first_correct`` (queries,): the 0-based
+    rank of its first neighbour of its class among the first ``depth`` neighbours, ``depth`` when none is;
+    ``depth`` = min(max(largest R, top), eligible items).
+    """
+
+    neighbours: torch.Tensor
+    map_at_r: torch.Tensor
+    first_correct: torch.Tensor
+    depth: int
+
+
+class _Ranking:
+    """Collects a `QueryRanking` chunk by chunk from a search at least `depth` deep."""
+
+    def __init__(self, top: int, depth: int) -> None:
+        self.top, self.depth = top, depth
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, indices: torch.Tensor, hits: torch.Tensor, relevant: torch.Tensor) -> None:
+        hits = hits[:, : self.depth].contiguous()
+        precision = retrieval.map_at_r(hits, relevant.clamp(min=1))
+        precision = torch.where(relevant >= 1, precision, torch.full_like(precision, math.nan))
+        first = torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.full((len(hits),), self.depth))
+        self.parts.append((indices[:, : self.top], precision, first))
+
+    def result(self) -> QueryRanking:
+        neighbours, precision, first = (torch.cat(part) for part in zip(*self.parts))
+        return QueryRanking(neighbours, precision, first, self.depth)
+
+
 class _Threads:
     """Temporarily set torch's (and faiss's) CPU thread count."""
 
@@ -142,11 +182,15 @@ def _retrieval(
     backend: str,
     device: torch.device,
     same_item: torch.Tensor | None = None,
+    keep_top: int = 0,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Retrieval metrics averaged over the queries with at least one relevant item.
 
     `same_item` (query -> gallery only): the gallery index of each query's own item, -1 when it is not in the
     gallery; that item is removed from the query's neighbours (by index, as `exclude_self` does).
+    `keep_top` > 0: ``info["ranking"]`` holds the `QueryRanking` of the same search, which is then at least
+    max(largest R, keep_top) deep and exact in every order (the metrics only read their first k columns, so
+    their values do not change).
     """
     keep = num_relevant >= 1
     kept = int(keep.sum())
@@ -156,31 +200,42 @@ def _retrieval(
     if kept == 0 or eligible < 1:
         info["excluded_queries"] = len(queries)
         return {name: math.nan for name in names}, info
-    k = min(_needed_k(names, int(num_relevant.max())), eligible)
+    largest = int(num_relevant.max())
+    k = min(_needed_k(names, largest), eligible)
+    ranking = _Ranking(keep_top, min(max(largest, keep_top), eligible)) if keep_top > 0 else None
+    searched = max(k, ranking.depth) if ranking is not None else k
     knn_backend, dtype = resolve_backend(backend, device)
     stats = KnnStats()
+    # the labels let the search leave near-ties of equal relevance in float32 order, which no metric sees
+    # but a picture of the neighbours would
+    labels = {} if ranking is not None else {"query_labels": query_labels, "gallery_labels": gallery_labels}
     per_query: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for start, indices in iter_knn(
         queries,
         gallery,
-        k + 1 if has_self else k,
+        searched + 1 if has_self else searched,
         exclude_self=exclude_self,
         backend=knn_backend,
         device=device,
         candidate_dtype=dtype,
         stats=stats,
-        query_labels=query_labels,
-        gallery_labels=gallery_labels,
+        **labels,
     ):
         rows = slice(start, start + indices.shape[0])
+        indices = indices.cpu()
         if has_self:
-            indices = drop_same_item(indices.cpu(), same_item[rows], k)
+            indices = drop_same_item(indices, same_item[rows], searched)
+        all_hits = gallery_labels[indices] == query_labels[rows, None]
+        if ranking is not None:
+            ranking.add(indices, all_hits, num_relevant[rows])
         row_keep = keep[rows]
-        hits = gallery_labels[indices.cpu()] == query_labels[rows, None]
+        hits = all_hits if searched == k else all_hits[:, :k].contiguous()
         hits, relevant = hits[row_keep], num_relevant[rows][row_keep]
         for name in names:
             per_query[name].append(_per_query(name, hits, relevant))
-    info.update(k=k, backend=knn_backend, **vars(stats))
+    info.update(k=searched, backend=knn_backend, **vars(stats))
+    if ranking is not None:
+        info["ranking"] = ranking.result()
     # an exactly rounded sum: the value does not depend on how the search split the queries into chunks
     return {name: math.fsum(torch.cat(per_query[name]).tolist()) / kept for name in names}, info
 
@@ -216,6 +271,11 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise UserError(f"device {device!r} is not a valid torch device: {error}") from None
 
 
+def _check_keep_top(keep_top: int, return_info: bool) -> None:
+    if keep_top < 0 or (keep_top and not return_info):
+        raise ValueError(f"keep_top={keep_top}: expected >= 0, and return_info=True to receive the ranking")
+
+
 def compute_metrics(
     embeddings: Any,
     labels: Any,
@@ -225,17 +285,21 @@ def compute_metrics(
     device: str | torch.device | None = None,
     num_threads: int | None = None,
     return_info: bool = False,
+    keep_top: int = 0,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, Any]]:
     """Metrics of one set in which every item queries all the others (self excluded by index).
 
     ``embeddings`` (N, D) and ``labels`` (N,) as numpy arrays or tensors, used as given with L2 distance
     (L2-normalise them first for cosine retrieval). Items whose class has no other item are excluded from the
     retrieval metrics (``info["excluded_queries"]``); k-means for ``nmi``/``f1`` uses K = number of classes.
+    ``keep_top`` > 0 (with ``return_info``): ``info["ranking"]``, the `QueryRanking` of the same search with
+    each query's ``keep_top`` nearest neighbours.
 
     >>> compute_metrics([[0.0], [0.1], [1.0], [1.2]], [0, 0, 1, 1], ["recall@1", "map@r"])
     {'recall@1': 1.0, 'map@r': 1.0}
     """
     names = _validate(metrics)
+    _check_keep_top(keep_top, return_info)
     x = _as_embeddings(embeddings, "embeddings")
     y = _as_labels(labels, "labels", len(x))
     dev = _device(device)
@@ -245,11 +309,11 @@ def compute_metrics(
     info: dict[str, Any] = {"queries": len(x), "excluded_queries": 0}
     uses_faiss = backend != "torch" and faiss_available() if clustering_names or backend == "faiss" else False
     with _Threads(num_threads, uses_faiss):
-        if retrieval_names:
+        if retrieval_names or keep_top:
             counts = torch.bincount(y)
             relevant = counts[y] - 1
             found, info = _retrieval(
-                x, y, x, y, relevant, retrieval_names, exclude_self=True, backend=backend, device=dev
+                x, y, x, y, relevant, retrieval_names, exclude_self=True, backend=backend, device=dev, keep_top=keep_top
             )
             values.update(found)
         if clustering_names:
@@ -276,15 +340,17 @@ def compute_query_gallery_metrics(
     num_threads: int | None = None,
     return_info: bool = False,
     same_item: Any = None,
+    keep_top: int = 0,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, Any]]:
     """Query -> gallery retrieval metrics (In-Shop): R = number of gallery items of the query's class.
 
     Queries whose class has no gallery item are excluded (``info["excluded_queries"]``). Clustering
     metrics are not defined here (UserError). ``same_item`` (optional, one integer per query): the gallery
     index of the query's own image when the gallery holds it too, else -1; that image is never retrieved
-    for its own query and does not count in R.
+    for its own query and does not count in R. ``keep_top``: as in `compute_metrics`.
     """
     names = _validate(metrics)
+    _check_keep_top(keep_top, return_info)
     unavailable = [n for n in names if not resolve_metric(n)[0].query_gallery]
     if unavailable:
         raise UserError(f"metric(s) {', '.join(unavailable)} are not available for query/gallery evaluation")
@@ -312,6 +378,16 @@ def compute_query_gallery_metrics(
         relevant = relevant - in_gallery.to(torch.int64)
     with _Threads(num_threads, backend == "faiss"):
         values, info = _retrieval(
-            q, ql, g, gl, relevant, names, exclude_self=False, backend=backend, device=_device(device), same_item=own
+            q,
+            ql,
+            g,
+            gl,
+            relevant,
+            names,
+            exclude_self=False,
+            backend=backend,
+            device=_device(device),
+            same_item=own,
+            keep_top=keep_top,
         )
     return (values, info) if return_info else values

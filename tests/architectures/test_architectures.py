@@ -14,8 +14,8 @@ from utilities.errors import UserError
 
 
 def model_config(**overrides) -> types.SimpleNamespace:
-    values = dict(arch="test_resnet", pretrained=False, pretrained_path="", pooling="avgmax", embed_dim=24,
-                  embed_norm="layernorm", frozen_bn=True)  # fmt: skip
+    values = dict(arch="test_resnet", pretrained=False, pretrained_path="", pretrained_format="auto",
+                  pooling="avgmax", embed_dim=24, embed_norm="layernorm", frozen_bn=True)  # fmt: skip
     values.update(overrides)
     return types.SimpleNamespace(**values)
 

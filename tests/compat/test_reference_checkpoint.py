@@ -29,7 +29,7 @@ from architectures import build_model
 from compat.checkpoint import reference_eval_config
 from compat.options import translate_arch
 from compat.unpickler import Placeholder, load_restricted
-from compat.weights import load_reference_weights, reference_trunk_weights
+from compat.weights import REFERENCE_READER, load_reference_weights
 from config import config_from_dict
 from config.checkpoints import read_checkpoint
 from eval import CheckpointEvaluation, evaluate_checkpoint
@@ -218,7 +218,7 @@ def test_dataset_comes_from_the_checkpoint_or_the_command_line(reference_file):
 def test_reference_checkpoint_as_pretrained_path_initialises_the_backbone(reference_file):
     path, net, marker = reference_file
     cfg = config_from_dict({"arch": "resnet50.tv_in1k", "pretrained": True, "pretrained_path": str(path)})
-    model = build_model(cfg, readers=(reference_trunk_weights,))  # as the trainer plugs it in
+    model = build_model(cfg, reference=REFERENCE_READER)  # as the trainer plugs it in
     assert not marker.exists()
     torch.testing.assert_close(model.trunk.conv1.weight, net.model.conv1.weight, rtol=0, atol=0)
     torch.testing.assert_close(model.trunk.layer4[2].bn3.running_var, net.model.layer4[2].bn3.running_var)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from inference_fixtures import class_folders, tiny_config, write_checkpoint
 from PIL import Image
+from test_worst_queries import ranked_worst_queries
 
 import eval as eval_module
 import retrieve
@@ -22,7 +23,6 @@ from architectures import build_model, input_spec_for
 from config.checkpoints import load_model
 from datasets import build_datasets
 from engine.evaluation import embed_dataset
-from engine.grids import worst_queries
 from engine.search_index import sidecar_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -278,7 +278,7 @@ def test_worst_queries_are_the_lowest_map_at_r() -> None:
     points[9] = torch.tensor([0.05, 1.0])  # a class-0 item inside class 1: the worst query
     points = torch.nn.functional.normalize(points, dim=1)
     paths = [f"img{i}.jpg" for i in range(10)]
-    rows = worst_queries({"test": (points, labels)}, {"test": paths}, n=2, top=3)
+    rows = ranked_worst_queries({"test": (points, labels)}, {"test": paths}, n=2, top=3)
     assert [row.query for row in rows][0] == "img9.jpg"
     assert rows[0].note == "MAP@R 0.00" and rows[0].query_label == "0"
     assert [label for _, _, label in rows[0].results] == ["1", "1", "1"]
@@ -294,7 +294,7 @@ def test_worst_queries_never_show_a_query_its_own_gallery_copy() -> None:
     queries, query_labels = gallery[:1].clone(), np.array([0])  # query 0 is gallery image 0
     embedded = {"query": (queries, query_labels), "gallery": (gallery, gallery_labels)}
     paths = {"query": ["g0.jpg"], "gallery": ["g0.jpg", "g1.jpg", "g2.jpg", "g3.jpg"]}
-    (row,) = worst_queries(embedded, paths, n=1, top=3)
+    (row,) = ranked_worst_queries(embedded, paths, n=1, top=3)
     assert [image for image, _, _ in row.results] == ["g3.jpg", "g2.jpg", "g1.jpg"]
     assert row.note == "MAP@R 1.00"  # R = 1 (g3 only), found first
 

@@ -138,6 +138,51 @@ def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monk
             assert torch.equal(value, b[part][key]), key
 
 
+def test_resume_takes_its_network_from_the_checkpoint_path_and_never_reads_the_pretrained_weights(
+    tmp_path: Path, monkeypatch
+):
+    """--resume builds the network by `config.checkpoints.model_from_checkpoint` (the one checkpoint -> model
+    path): the run's `pretrained_path` is not read again (here it is gone by then), the weights are the
+    checkpoint's."""
+    import timm
+
+    import config.checkpoints
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), weights)
+    args = [*tiny_args(tmp_path, "pretrained", epochs=2), "--pretrained", "true", "--pretrained_path", str(weights),
+            "--plots", "false", "--iterations_per_epoch", "2"]  # fmt: skip
+    original = engine.trainer._print_epoch
+
+    def interrupt_after_epoch_0(epoch, *rest):
+        original(epoch, *rest)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.trainer, "_print_epoch", interrupt_after_epoch_0)
+    assert main_module.main(args) == 130
+    monkeypatch.setattr(engine.trainer, "_print_epoch", original)
+    weights.unlink()
+    folder = tmp_path / "runs" / "synthetic" / "pretrained"
+    stored = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    built = []
+    from_checkpoint = config.checkpoints.model_from_checkpoint
+
+    def spy(state, file, overrides=None):
+        cfg, network = from_checkpoint(state, file, overrides)
+        built.append(network)
+        return cfg, network
+
+    monkeypatch.setattr(config.checkpoints, "model_from_checkpoint", spy)
+    seen = []
+    monkeypatch.setattr(engine.trainer, "_restore", lambda run, state, f=engine.trainer._restore: seen.append(
+        {k: v.clone() for k, v in run.model.state_dict().items()}) or f(run, state))  # fmt: skip
+    assert main_module.main(["--resume", str(folder)]) == 0
+    assert len(built) == 1 and len(seen) == 1
+    assert all(torch.equal(value, stored["model"][key]) for key, value in seen[0].items())
+    assert json.loads((folder / "summary.json").read_text())["epochs_completed"] == 2
+
+
 def without_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "time"} for row in rows]
 
