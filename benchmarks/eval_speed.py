@@ -10,7 +10,8 @@ subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
 * pytorch-metric-learning's AccuracyCalculator for the same three metrics (k="max_bin_count")
 * ``eval.py`` with the full suite (recall@1/10/100/1000, map@r, map@r_legacy, map@1000, nmi, f1)
 * with ``--searches``: the exact kNN search of the three metrics alone (k = largest class - 1), in this
-  process, symmetric (each pair of the score matrix once, the default) against per-query, same neighbours
+  process: symmetric (each pair of the score matrix once, the default) on one worker thread per torch thread
+  (the default), symmetric on one worker (torch's own threads), and per-query; checks the same neighbours
 
 and prints a markdown table (values of both implementations side by side) with the machine's load average
 before and after (other jobs on the machine slow every run down: note it with the numbers).
@@ -102,20 +103,21 @@ def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
     k = int(np.bincount(y).max()) - 1
     _, dtype = resolve_backend("torch", torch.device("cpu"))
     rows, hits = [], []
-    for symmetric in (True, False):
+    variants = [(True, None, "symmetric"), (True, 1, "symmetric, one worker"), (False, None, "per-query")]
+    for symmetric, workers, name in variants:
         stats = KnnStats()
         start = time.perf_counter()
         found = iter_knn(
             embeddings, embeddings, k, exclude_self=True, backend="torch", device=torch.device("cpu"),
             candidate_dtype=dtype, stats=stats, query_labels=labels, gallery_labels=labels, symmetric=symmetric,
+            workers=workers,
         )  # fmt: skip
         hits.append(
             torch.cat([labels[indices] == labels[first : first + len(indices), None] for first, indices in found])
         )
-        name = "symmetric" if symmetric else "per-query"
         rows.append({"run": f"search only, {name}", "wall_s": round(time.perf_counter() - start, 2), **vars(stats)})
-    if not torch.equal(hits[0], hits[1]):
-        raise RuntimeError("the symmetric and the per-query search found different neighbours")
+    if not all(torch.equal(hits[0], other) for other in hits[1:]):
+        raise RuntimeError("the searches found different neighbours")
     return rows
 
 

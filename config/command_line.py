@@ -66,6 +66,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        field = getattr(action, "key_field", None)
+        if field is not None:  # a configuration key (`add_key`): its choices are read only when help is shown
+            return f"{text}{_listed(field)} (default: {_shown(action.shown_default)})"
         if "(default:" in text or not action.option_strings or action.default is argparse.SUPPRESS:
             return text
         if action.required:
@@ -85,12 +88,16 @@ def _aliases(name: str) -> tuple[str, ...]:
     return tuple(FIELDS[name].metadata.get("aliases", ()))
 
 
+def _listed(field: Any) -> str:
+    """ "; one of: a, b, c" for a key with a fixed set of values (registries are read here), else ""."""
+    choices = field_choices(field)
+    return f"; one of: {', '.join(map(str, choices))}" if choices else ""
+
+
 def key_help(name: str) -> str:
     """The help line of a configuration key: its part's help, its choices and its schema default."""
     field = FIELDS[name]
-    choices = field_choices(field)
-    listed = f"; one of: {', '.join(map(str, choices))}" if choices else ""
-    return f"{field.metadata['help']}{listed} (default: {_shown(field_default(field))})"
+    return f"{field.metadata['help']}{_listed(field)} (default: {_shown(field_default(field))})"
 
 
 # --------------------------------------------------------------------------- scripts that read a few keys
@@ -117,8 +124,6 @@ def add_key(
     unset, e.g. "the checkpoint's"). `parser` may be an argument group of a `script_parser`."""
     field = FIELDS[name]
     value = field_default(field) if default is _SCHEMA_DEFAULT else default
-    choices = field_choices(field)
-    listed = f"; one of: {', '.join(map(str, choices))}" if choices else ""
     action = parser.add_argument(
         f"--{name}",
         *(f"--{alias}" for alias in _aliases(name)),
@@ -127,8 +132,10 @@ def add_key(
         metavar="VALUE",
         nargs="+" if typing.get_origin(KEY_TYPES[name]) is list else None,
         default=argparse.SUPPRESS,
-        help=f"{help or field.metadata['help']}{listed} (default: {'none' if value is None else _shown(value)})",
+        help=help or field.metadata["help"],
     )
+    action.key_field = field  # the help formatter adds the choices and the default
+    action.shown_default = "none" if value is None else value
     action.schema_default = value  # read by parse_script
 
 

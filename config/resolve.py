@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from datasets.build import has_query_gallery, query_gallery_name
 from metrics.names import QUERY_GALLERY_METRICS, canonical_metric_name, resolve_metric
 from metrics.settings import DEFAULT_METRICS
 from utilities.errors import UserError
@@ -34,7 +33,12 @@ def resolve(cfg: Config) -> Config:
 
 def _query_gallery_metrics(cfg: Config) -> None:
     one_set_only = [m for m in cfg.evaluation_metrics if not resolve_metric(m)[0].query_gallery]
-    if not one_set_only or not has_query_gallery(cfg.dataset, cfg.source_path):
+    if not one_set_only:
+        return
+    # the dataset registry (its loaders, torchvision) only when needed
+    from datasets.build import has_query_gallery, query_gallery_name
+
+    if not has_query_gallery(cfg.dataset, cfg.source_path):
         return
     if cfg.evaluation_metrics != list(DEFAULT_METRICS):
         where = query_gallery_name(cfg.dataset)

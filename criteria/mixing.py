@@ -17,7 +17,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from scipy.special import betaincinv
 from torch import Tensor, nn
 
 MIX_MODES = ("random", "individual", "linear")
@@ -53,6 +52,8 @@ class SeededBetaSource:
         self.generator.manual_seed(int(state))
 
     def beta(self, a: float, b: float) -> float:
+        from scipy.special import betaincinv  # on first use: importing the losses stays quick
+
         u = torch.rand((), generator=self.generator, dtype=torch.float64).item()
         return float(betaincinv(a, b, u))
 

@@ -5,23 +5,30 @@ Entry point: `build_datasets(cfg, normalization)` -> {"train", "test" | "query",
 Each dataset module's docstring describes the folder layouts (or the manifest) it accepts.
 """
 
-from datasets.base import ImageDataset, SplitFiles
-from datasets.build import DATASETS, build_datasets, split_validation
-from datasets.dryrun import check_images, describe
-from datasets.samplers import (
-    SAMPLERS,
-    ClassRandomBatchSampler,
-    MPerClassBatchSampler,
-    build_batch_sampler,
-)
-from datasets.synthetic import ensure_synthetic
-from datasets.transforms import (
-    AUGMENTATIONS,
-    BNINCEPTION,
-    IMAGENET,
-    Normalization,
-    build_transform,
-)
+import importlib
+from typing import Any
+
+# name -> module; imported on first use, so reading the configuration keys (datasets.settings) does not
+# import torchvision and the dataset loaders (eval.py on saved embeddings never needs them)
+_EXPORTS = {
+    "ImageDataset": "datasets.base",
+    "SplitFiles": "datasets.base",
+    "DATASETS": "datasets.build",
+    "build_datasets": "datasets.build",
+    "split_validation": "datasets.build",
+    "check_images": "datasets.dryrun",
+    "describe": "datasets.dryrun",
+    "SAMPLERS": "datasets.samplers",
+    "ClassRandomBatchSampler": "datasets.samplers",
+    "MPerClassBatchSampler": "datasets.samplers",
+    "build_batch_sampler": "datasets.samplers",
+    "ensure_synthetic": "datasets.synthetic",
+    "AUGMENTATIONS": "datasets.transforms",
+    "BNINCEPTION": "datasets.transforms",
+    "IMAGENET": "datasets.transforms",
+    "Normalization": "datasets.transforms",
+    "build_transform": "datasets.transforms",
+}
 
 __all__ = [
     "AUGMENTATIONS",
@@ -42,3 +49,9 @@ __all__ = [
     "ensure_synthetic",
     "split_validation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'datasets' has no attribute {name!r}")

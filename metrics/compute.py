@@ -79,7 +79,8 @@ def _as_embeddings(values: Any, name: str) -> torch.Tensor:
     tensor = tensor.detach().to(device="cpu", dtype=torch.float32)
     if tensor.ndim != 2 or tensor.shape[0] == 0:
         raise UserError(f"{name}: expected a non-empty 2-D array (items x dimensions), got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
+    # checked in parts: isfinite of a whole SOP-sized set makes temporaries of ~200 MB
+    if not all(bool(torch.isfinite(part).all()) for part in tensor.split(4096)):
         bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
         raise UserError(f"{name}: {bad} row(s) contain NaN or infinite values")
     return tensor

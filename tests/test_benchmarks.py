@@ -253,7 +253,11 @@ def test_eval_speed_benchmark_runs_eval_py_and_reports_the_load(tmp_path, capsys
     assert run["values"] == pytest.approx(compute_metrics(x, y, eval_speed.THREE), abs=0)
     table = capsys.readouterr().out
     assert "1-minute load average before / after:" in table and "| eval.py (3 metrics) |" in table
-    assert [row["run"] for row in report["searches"]] == ["search only, symmetric", "search only, per-query"]
+    assert [row["run"] for row in report["searches"]] == [
+        "search only, symmetric",
+        "search only, symmetric, one worker",
+        "search only, per-query",
+    ]
     assert "| search only, symmetric |" in table
 
 

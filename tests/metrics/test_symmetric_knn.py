@@ -138,3 +138,20 @@ def test_queries_must_be_the_gallery_for_the_symmetric_search() -> None:
     x = torch.randn(30, 4)
     with pytest.raises(ValueError, match="queries to be the gallery"):
         next(iter_knn(x[:20], x, 3, exclude_self=True, backend="torch", device=CPU))
+
+
+@pytest.mark.parametrize("name", ["quantised", "unit_clusters", "random_unit"])
+def test_several_cpu_workers_find_what_one_finds(name: str, small_blocks) -> None:
+    """Tiles and chunks shared by threads (floors read while other threads raise them, lists merged under a
+    lock) give the neighbours of one worker, bit for bit, and leave torch's thread count as it was."""
+    small_blocks(29)
+    x, y = _as_tensors(*_hard_sets()[name])
+    found = {}
+    for workers in (1, 4):
+        threads = torch.get_num_threads()
+        found[workers] = [_search(x, k, symmetric=True, chunk=16, workers=workers)[0] for k in (1, 7)]
+        found[workers].append(_search(x, 7, symmetric=True, labels=y, chunk=16, workers=workers)[0])
+        assert torch.get_num_threads() == threads
+    for one, many in zip(found[1], found[4]):
+        assert torch.equal(one, many), name
+    assert torch.equal(found[4][1], _brute_force(x, 7)), name
