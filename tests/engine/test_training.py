@@ -111,18 +111,25 @@ def test_eval_py_on_best_checkpoint_reproduces_the_summary(tiny_run: Path, tmp_p
     assert stored["recall@1"] == pytest.approx(best["recall@1"], abs=1e-6)
 
 
-def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monkeypatch):
-    reference = tiny_run / "runs" / "synthetic" / "full"
+def interrupted_after(last_epoch: int, args: list[str], monkeypatch) -> int:
+    """main.py's exit code for a run that Ctrl-C stops once epoch `last_epoch` is saved."""
     original = engine.trainer._print_epoch
 
-    def interrupt_after_epoch_1(epoch, *args):
-        original(epoch, *args)
-        if epoch == 1:
+    def interrupt(epoch, *rest):
+        original(epoch, *rest)
+        if epoch == last_epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.trainer, "_print_epoch", interrupt_after_epoch_1)
-    assert main_module.main(tiny_args(tiny_run, "interrupted")) == 130
-    monkeypatch.setattr(engine.trainer, "_print_epoch", original)
+    monkeypatch.setattr(engine.trainer, "_print_epoch", interrupt)
+    try:
+        return main_module.main(args)
+    finally:
+        monkeypatch.setattr(engine.trainer, "_print_epoch", original)
+
+
+def test_interrupted_run_resumes_to_exactly_the_same_result(tiny_run: Path, monkeypatch):
+    reference = tiny_run / "runs" / "synthetic" / "full"
+    assert interrupted_after(1, tiny_args(tiny_run, "interrupted"), monkeypatch) == 130
     folder = tiny_run / "runs" / "synthetic" / "interrupted"
     assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     assert main_module.main(["--resume", str(folder)]) == 0
@@ -152,16 +159,7 @@ def test_resume_takes_its_network_from_the_checkpoint_path_and_never_reads_the_p
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), weights)
     args = [*tiny_args(tmp_path, "pretrained", epochs=2), "--pretrained", "true", "--pretrained_path", str(weights),
             "--plots", "false", "--iterations_per_epoch", "2"]  # fmt: skip
-    original = engine.trainer._print_epoch
-
-    def interrupt_after_epoch_0(epoch, *rest):
-        original(epoch, *rest)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.trainer, "_print_epoch", interrupt_after_epoch_0)
-    assert main_module.main(args) == 130
-    monkeypatch.setattr(engine.trainer, "_print_epoch", original)
+    assert interrupted_after(0, args, monkeypatch) == 130
     weights.unlink()
     folder = tmp_path / "runs" / "synthetic" / "pretrained"
     stored = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
