@@ -91,11 +91,6 @@ def parse_sweep(argv: list[str], description: str):
         raise UserError("--seeds repeats a seed")
     if options.gpus_per_run < 1:
         raise UserError(f"--gpus_per_run must be at least 1 (got {options.gpus_per_run})")
-    if options.gpus_per_run > 1 and options.search and options.pruner != "none":
-        raise UserError(
-            "--gpus_per_run: a run under torchrun reports no evaluation to its trial, so nothing can prune it; "
-            "add --pruner none"
-        )
     if options.jobs is not None and options.jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
     grid = parse_grid(options.grid)

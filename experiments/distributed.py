@@ -4,24 +4,36 @@
 
 Every rank builds the run's configuration from main.py's TOKENS and trains it as a run in the worker's own process
 does (`engine.trainer.train` into the run folder FOLDER, continuing RESUME's `last.pt` when it is not empty); rank
-0 writes the run folder, whose `summary.json` the worker reads. torchrun and its ranks are killed with the worker
-that started them (kill -9 included), so a run taken over by another worker never trains twice at once.
+0 writes the run folder, whose `summary.json` the worker reads. While torchrun runs, the worker reads the run's
+`metrics.csv` and hands each new evaluation to its `on_evaluation` (the search's pruning); an exception raised there
+stops torchrun with SIGTERM, after which every rank saves its position (`engine.interrupts`). torchrun and its ranks
+are killed with the worker that started them (kill -9 included), so a run taken over by another worker never trains
+twice at once.
 """
 
 from __future__ import annotations
 
+import csv
 import ctypes
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from utilities.errors import UserError, report_user_error
 
 REPO = Path(__file__).resolve().parents[1]
+WATCH_SECONDS = 0.25
+"""How often the worker reads the run's `metrics.csv` while torchrun runs."""
+
+EvaluationHook = Callable[[int, dict[str, float]], None]
+"""`on_evaluation(epoch, metrics)`, as `engine.trainer.train` calls it."""
 
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -35,9 +47,21 @@ def die_with_parent() -> None:
 
 
 def train_on_processes(
-    processes: int, folder: Path, resume: str | None, tokens: list[str], threads: int | None
+    processes: int,
+    folder: Path,
+    resume: str | None,
+    tokens: list[str],
+    threads: int | None,
+    on_evaluation: EvaluationHook | None = None,
+    metric: str = "",
 ) -> dict[str, Any]:
     """Run the training under torchrun with `processes` ranks; returns its summary (`summary.json`).
+
+    `on_evaluation(epoch, {metric: value})`: called here for each epoch whose `metric` appears in the run's
+    `metrics.csv` while torchrun runs or once it has ended (not for the epochs already there when the run continues
+    `resume`), as `engine.trainer.train` calls it after each evaluation. An exception it raises stops torchrun with
+    SIGTERM (every rank saves its position in `checkpoints/last.pt` and stops at the same iteration) and is raised
+    here once torchrun has ended.
 
     A rank's failure is a `RuntimeError` naming the exit code (the rank's error is in the run's `train.log` and
     on this process's stderr)."""
@@ -46,13 +70,48 @@ def train_on_processes(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torchrun's default is 1 thread per rank
+    metrics = folder / "metrics.csv"
+    seen = set(evaluations(metrics, metric)) if resume else set()
     # the working directory stays the worker's (relative paths in the keys mean what they mean to the worker);
     # preexec_fn runs one system call in the child, which takes no lock the worker's threads could hold
-    code = subprocess.run(command, env=env, preexec_fn=die_with_parent, check=False).returncode
+    process = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    try:
+        code = process.wait() if on_evaluation is None else _watch(process, metrics, metric, seen, on_evaluation)
+    except BaseException:
+        process.send_signal(signal.SIGTERM)  # sends nothing to a torchrun that has ended
+        process.wait()
+        raise
     if code != 0:
         raise RuntimeError(f"torchrun ({processes} processes) ended with exit code {code} (see {folder}/train.log)")
     summary: dict[str, Any] = json.loads((folder / "summary.json").read_text())
     return summary
+
+
+def _watch(process: subprocess.Popen, metrics: Path, metric: str, seen: set[int], on_evaluation: EvaluationHook) -> int:
+    """Hand each evaluation of `metrics` not in `seen` to `on_evaluation` until `process` ends; its exit code."""
+    while True:
+        code = process.poll()  # before the last reading: every row written before the end is read
+        for epoch, value in evaluations(metrics, metric).items():
+            if epoch not in seen:
+                seen.add(epoch)
+                on_evaluation(epoch, {metric: value})
+        if code is not None:
+            return code
+        time.sleep(WATCH_SECONDS)
+
+
+def evaluations(metrics: Path, metric: str) -> dict[int, float]:
+    """The values of `metric` by epoch in a run's `metrics.csv`: its complete rows of trained epochs that have one."""
+    try:
+        text = metrics.read_text()
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for row in csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])):  # a row is complete once its line ends
+        epoch, value = row.get("epoch"), row.get(metric)
+        if epoch and value and int(epoch) >= 0:
+            found[int(epoch)] = float(value)
+    return found
 
 
 def main(argv: list[str]) -> int:

@@ -213,12 +213,15 @@ class Sweep:
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat):
             try:
                 cfg = run_config(self.spec, values, int(attrs["seed"]))
+                hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
                 if self.spec.gpus_per_run > 1:
                     tokens = run_tokens(self.spec, values, int(attrs["seed"]))
                     continued = str(folder) if resumable else None
-                    summary = train_on_processes(self.spec.gpus_per_run, folder, continued, tokens, self.spec.threads)
+                    processes, threads = self.spec.gpus_per_run, self.spec.threads
+                    summary = train_on_processes(
+                        processes, folder, continued, tokens, threads, on_evaluation=hook, metric=cfg.best_metric
+                    )
                 else:
-                    hook = _pruning_hook(live, cfg.best_metric) if live is not None else None
                     resume = resume_point(folder, cfg) if resumable else None
                     summary = train(cfg, resume=resume, folder=folder, on_evaluation=hook)
                 result = result_of(summary, cfg.val_classes > 0)
@@ -273,6 +276,9 @@ def _read_summary(folder: Path) -> dict[str, Any]:
 
 
 def _pruning_hook(trial: optuna.trial.Trial, metric: str):
+    """`on_evaluation` of a search's run, in this process (`train`) or reading its `metrics.csv` (under torchrun):
+    reports `metric` at step `epoch`; raises `optuna.TrialPruned` when the pruner stops the trial."""
+
     def report(epoch: int, metrics: dict[str, float]) -> None:
         value = metrics.get(metric)
         if value is None:

@@ -70,10 +70,6 @@ def test_another_sweep_in_out_and_a_bad_storage_are_refused(capsys, keys, tmp_pa
 def test_launch_errors_come_before_anything_is_submitted_or_recorded(capsys, keys, tmp_path):
     fails(capsys, [*keys, "--jobs", "0"], "--jobs must be at least 1")
     fails(capsys, [*keys, "--gpus_per_run", "0"], "--gpus_per_run must be at least 1")
-    space = tmp_path / "space.yaml"
-    space.write_text("lr: {type: float, low: 0.001, high: 0.1, log: true}\n")
-    search = ["--search", str(space), "--val_classes", "0.25", "--gpus_per_run", "2"]
-    fails(capsys, [*keys, *search], "--pruner none")
     fails(capsys, [*keys, "--slurm_partition", "test", "--slurm_time", "0"], "--slurm_time must be at least 1")
     fails(capsys, [*keys, "--slurm_partition", "test", "--slurm_cpus_per_task", "-1"], "--slurm_cpus_per_task")
     fails(capsys, [*keys, "--slurm_partition", "test", "--slurm_nodes", "2"], "one task on one machine")

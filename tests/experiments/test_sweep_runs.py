@@ -18,6 +18,7 @@ from sweep_helpers import REPO, read_csv, run_sweep, sweep_command, tiny_keys
 
 import main as main_module
 import sweep
+from experiments.distributed import evaluations
 
 GRID = ["--seeds", "0", "--grid", "dada=true,false", "lr=0.01,0.02", "--threads", "1"]
 SETTINGS = ["dada=true+lr=0.01", "dada=true+lr=0.02", "dada=false+lr=0.01", "dada=false+lr=0.02"]
@@ -273,3 +274,36 @@ def test_worker_jobs_through_submitits_local_executor_and_wait(grid_sweep: Path,
     assert re.search(r"submitted 1 worker job\(s\): \d+; logs: ", result.stdout), result.stdout
     assert "sweep: 1 runs done" in result.stdout and result.stderr == ""
     assert [(r["setting"], r["status"]) for r in read_csv(out / "results.csv")] == [("base", "done")]
+
+
+def test_a_search_under_torchrun_reports_every_evaluation_and_prunes_with_sigterm(tmp_path: Path):
+    """--gpus_per_run 2: the worker reads each run's metrics.csv into its trial; a pruned run is stopped by SIGTERM,
+    after its ranks saved their position, and keeps its folder."""
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: categorical, choices: [0.000001, 0.05]}\n")  # trial0: 0.05, trial1: 0.000001
+    out = tmp_path / "tune"
+    keys = [*tiny_keys(tmp_path / "data", epochs=6), "--synthetic_classes", "12", "--val_classes", "0.34"]
+    args = ["--out", str(out), "--search", str(space), "--trials", "2", "--pruner", "median", "--seeds", "0"]
+    result = run_sweep(*args, "--threads", "1", "--gpus_per_run", "2", "--dada", "false", *keys)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv(out / "results.csv")
+    assert [(r["setting"], r["status"]) for r in rows] == [("best", "done"), ("trial0", "done"), ("trial1", "pruned")]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    complete, pruned = optuna.load_study(study_name="tune.search", storage=storage).get_trials()
+    for trial in (complete, pruned):
+        folder = out / "search" / trial.user_attrs["setting"]
+        reported = {int(r["epoch"]): float(r["recall@1"]) for r in read_csv(folder / "metrics.csv")[1:]}
+        if trial is complete:
+            assert trial.intermediate_values == reported and sorted(reported) == list(range(6))
+        else:
+            assert trial.intermediate_values == {0: reported[0]} and sorted(reported)[-1] < 5  # stopped early
+    last = torch.load(out / "search" / "trial1" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["in_epoch"]["epoch"] == last["epoch"]  # the position inside the epoch SIGTERM stopped
+
+
+def test_the_evaluations_read_from_metrics_csv_are_those_of_complete_rows_of_trained_epochs(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    assert evaluations(path, "recall@1") == {}  # not written yet
+    rows = "epoch,loss,recall@1\r\n-1,,0.5\r\n0,2.0,0.75\r\n1,1.5,\r\n2,1.25,0.875\r\n3,1.0,0.9"
+    path.write_text(rows)  # epoch 1 was not evaluated; the row of epoch 3 is not complete
+    assert evaluations(path, "recall@1") == {0: 0.75, 2: 0.875}
