@@ -5,30 +5,15 @@ Entry point: `build_datasets(cfg, normalization)` -> {"train", "test" | "query",
 Each dataset module's docstring describes the folder layouts (or the manifest) it accepts.
 """
 
-import importlib
 from typing import Any
 
-# name -> module; imported on first use, so reading the configuration keys (datasets.settings) does not
-# import torchvision and the dataset loaders (eval.py on saved embeddings never needs them)
-_EXPORTS = {
-    "ImageDataset": "datasets.base",
-    "SplitFiles": "datasets.base",
-    "DATASETS": "datasets.build",
-    "build_datasets": "datasets.build",
-    "split_validation": "datasets.build",
-    "check_images": "datasets.dryrun",
-    "describe": "datasets.dryrun",
-    "SAMPLERS": "datasets.samplers",
-    "ClassRandomBatchSampler": "datasets.samplers",
-    "MPerClassBatchSampler": "datasets.samplers",
-    "build_batch_sampler": "datasets.samplers",
-    "ensure_synthetic": "datasets.synthetic",
-    "AUGMENTATIONS": "datasets.transforms",
-    "BNINCEPTION": "datasets.transforms",
-    "IMAGENET": "datasets.transforms",
-    "Normalization": "datasets.transforms",
-    "build_transform": "datasets.transforms",
-}
+# imported on first use, so that reading the configuration keys (datasets.settings) does not import torchvision
+# and the dataset loaders (eval.py on saved embeddings never needs them)
+_BASE = ("ImageDataset", "SplitFiles")
+_BUILD = ("DATASETS", "build_datasets", "split_validation")
+_DRYRUN = ("check_images", "describe")
+_SAMPLERS = ("SAMPLERS", "ClassRandomBatchSampler", "MPerClassBatchSampler", "build_batch_sampler")
+_TRANSFORMS = ("AUGMENTATIONS", "BNINCEPTION", "IMAGENET", "Normalization", "build_transform")
 
 __all__ = [
     "AUGMENTATIONS",
@@ -52,6 +37,18 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    if name in _BASE:
+        from datasets import base as module
+    elif name in _BUILD:
+        from datasets import build as module
+    elif name in _DRYRUN:
+        from datasets import dryrun as module
+    elif name in _SAMPLERS:
+        from datasets import samplers as module
+    elif name in _TRANSFORMS:
+        from datasets import transforms as module
+    elif name == "ensure_synthetic":
+        from datasets import synthetic as module
+    else:
+        raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    return getattr(module, name)
