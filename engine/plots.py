@@ -33,7 +33,8 @@ def plot_curves(history: list[dict[str, Any]], metric: str, path: Path) -> None:
             left.plot(*zip(*points), marker="o", ms=3, label=label)
     left.set_xlabel("epoch")
     left.set_title("training losses (epoch means)")
-    left.legend(fontsize=8)
+    if left.lines:  # no loss yet (a plain loss's warm-up epochs): no legend, no matplotlib warning
+        left.legend(fontsize=8)
     points = [(row["epoch"], float(row[metric])) for row in history if row.get(metric, "") not in ("", None)]
     if points:
         right.plot(*zip(*points), marker="o", ms=3, color="tab:green")
