@@ -101,7 +101,7 @@ def _load_state_dict_file(path: Path) -> Any:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # its first sentence
         raise UserError(
             f"pretrained_path: cannot read weights from {path} as a state dict ({first}); a checkpoint of the "
             "reference implementation needs pretrained_format: reference or auto"
