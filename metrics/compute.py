@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 
 from metrics import retrieval
 from metrics.clustering import f1_from_assignment, kmeans_assignment, nmi_from_assignment
-from metrics.knn import KnnStats, drop_same_item, iter_knn
+from metrics.knn import KnnStats, drop_same_item, iter_knn, torch_threads
 from metrics.names import CLUSTERING_METRICS, MetricSpec, canonical_metric_name, resolve_metric
 from utilities.errors import UserError
 
@@ -149,25 +150,15 @@ class _Ranking:
         return QueryRanking(neighbours, precision, first, self.depth)
 
 
-class _Threads:
-    """Temporarily set torch's (and faiss's) CPU thread count."""
+@contextmanager
+def _threads(num_threads: int | None, uses_faiss: bool) -> Iterator[None]:
+    """Temporarily set torch's CPU thread count (and faiss's, which is not set back) to `num_threads` (None: as is)."""
+    if num_threads and uses_faiss:
+        import faiss
 
-    def __init__(self, num_threads: int | None, uses_faiss: bool) -> None:
-        self.num_threads = num_threads
-        self.uses_faiss = uses_faiss
-
-    def __enter__(self) -> None:
-        if self.num_threads:
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(self.num_threads)
-            if self.uses_faiss:
-                import faiss
-
-                faiss.omp_set_num_threads(self.num_threads)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.num_threads:
-            torch.set_num_threads(self.saved)
+        faiss.omp_set_num_threads(num_threads)
+    with torch_threads(num_threads):
+        yield
 
 
 def _retrieval(
@@ -308,7 +299,7 @@ def compute_metrics(
     values: dict[str, float] = {}
     info: dict[str, Any] = {"queries": len(x), "excluded_queries": 0}
     uses_faiss = backend != "torch" and faiss_available() if clustering_names or backend == "faiss" else False
-    with _Threads(num_threads, uses_faiss):
+    with _threads(num_threads, uses_faiss):
         if retrieval_names or keep_top:
             counts = torch.bincount(y)
             relevant = counts[y] - 1
@@ -376,7 +367,7 @@ def compute_query_gallery_metrics(
         if bool((gl[own[in_gallery]] != ql[in_gallery]).any()):
             raise UserError("same_item: a query and its own gallery item have different labels")
         relevant = relevant - in_gallery.to(torch.int64)
-    with _Threads(num_threads, backend == "faiss"):
+    with _threads(num_threads, backend == "faiss"):
         values, info = _retrieval(
             q,
             ql,

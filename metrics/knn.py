@@ -75,13 +75,13 @@ def cpu_workers(device: torch.device) -> int:
 
 
 @contextmanager
-def _one_thread_per_worker(workers: int) -> Iterator[None]:
-    """While several workers share the CPU, every torch operation runs on one thread."""
-    if workers <= 1:
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU thread count is `count` inside the block, and what it was after it (None or 0: unchanged)."""
+    if not count:
         yield
         return
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -105,7 +105,7 @@ def _run_all(work: Callable[[object], object], items: Iterable[object], workers:
     if workers <= 1 or len(items) <= 1:
         return [work(item) for item in items]
     _share_one_malloc_arena()
-    with _one_thread_per_worker(workers), ThreadPoolExecutor(workers) as pool:
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:  # each worker's operations on one core
         return list(pool.map(work, items))
 
 
