@@ -27,7 +27,7 @@ from datasets.settings import DataSettings, check_data
 from engine.settings import OptimSettings, RunSettings, check_optimisation, check_run
 from metrics.settings import EvalSettings
 from utilities.errors import UserError
-from utilities.settings import check_field, field_choices, setting
+from utilities.settings import check_field, field_choices, field_default, setting
 from utilities.suggestions import suggest_key
 
 
@@ -157,7 +157,7 @@ def key_table() -> str:
     key, default and description, part by part, then the losses' keys."""
     rows = ["| key | default | what it sets |", "|---|---|---|"]
     for f in FIELDS.values():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         choices = field_choices(f)
         table = f.metadata.get("table")
