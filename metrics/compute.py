@@ -113,6 +113,14 @@ def _needed_k(names: list[str], max_relevant: int) -> int:
     return max((spec.neighbours(k, max_relevant) for spec, k in map(resolve_metric, names)), default=0)
 
 
+def _row_depth(names: list[str], num_relevant: torch.Tensor) -> torch.Tensor:
+    """Per query, the neighbours its metrics of `names` read: `MetricSpec.neighbours` with the query's own R."""
+    depth = torch.zeros_like(num_relevant)
+    for spec, k in map(resolve_metric, names):
+        depth = torch.maximum(depth, torch.as_tensor(spec.neighbours(k, num_relevant)).to(depth))
+    return depth
+
+
 @dataclass(frozen=True)
 class QueryRanking:
     """Per query, what the evaluation's one search found (`keep_top` of `compute_metrics` and
@@ -199,7 +207,11 @@ def _retrieval(
     stats = KnnStats()
     # the labels let the search leave near-ties of equal relevance in float32 order, which no metric sees
     # but a picture of the neighbours would
-    labels = {} if ranking is not None else {"query_labels": query_labels, "gallery_labels": gallery_labels}
+    # and each query's own depth (the neighbours its metrics read) lets the search settle only those
+    exactness: dict[str, torch.Tensor] = {}
+    if ranking is None:
+        depth = _row_depth(names, num_relevant) + (1 if has_self else 0)
+        exactness = {"query_labels": query_labels, "gallery_labels": gallery_labels, "depth": depth}
     per_query: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for start, indices in iter_knn(
         queries,
@@ -210,7 +222,7 @@ def _retrieval(
         device=device,
         candidate_dtype=dtype,
         stats=stats,
-        **labels,
+        **exactness,
     ):
         rows = slice(start, start + indices.shape[0])
         indices = indices.cpu()

@@ -427,6 +427,7 @@ def refine(
     *,
     rescore: bool,
     relevance: tuple[torch.Tensor, torch.Tensor] | None = None,
+    depth: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of every row from its candidates: (indices (n, k), certified (n,) bool).
 
@@ -438,22 +439,27 @@ def refine(
     Near-ties (chains of sorted scores closer than 2 E2) are settled with float64 scores, only for the
     chains that matter: all of them, or with ``relevance`` = (query labels, gallery labels) only those
     that mix hits and misses. ``complete``: nothing was left out.
+    ``depth`` (n,), 1..k: only the first ``depth[i]`` neighbours of row i must be exact (the certificate and
+    the floor use the ``depth[i]``-th score; the columns after them hold candidates in no defined order).
     """
     # sorted by score, equal scores by index: the result does not depend on the order of a row's candidates
     candidates, by_index = torch.sort(candidates, dim=1)
     approx, order = torch.sort(approx.gather(1, by_index), dim=1, descending=True, stable=True)
     candidates = candidates.gather(1, order)
-    floor = approx[:, k - 1] - 2 * bound
+    last = (depth if depth is not None else torch.full_like(bound, k, dtype=torch.long)).sub(1)[:, None]
+    floor = approx.gather(1, last)[:, 0] - 2 * bound
     needed = (approx >= floor[:, None]).sum(dim=1)
     width = candidates.shape[1] if complete else max(int(needed.max()), k)
     candidates = candidates[:, :width]
     if rescore:
-        vectors = gallery.x32.index_select(0, candidates.reshape(-1)).view(*candidates.shape, gallery.dim)
+        # only the candidates at or above the row's floor can be among its first `depth`: the first `needed`
+        # of its sorted candidates; the others score -inf
+        rows, cols = torch.nonzero(torch.arange(width, device=needed.device) < needed[:, None], as_tuple=True)
+        picked = candidates[rows, cols]
         # products then a sum (any order keeps the float32 bound E2); twice as fast as bmm's small batches
-        dots = (vectors * queries[:, None, :].float()).sum(dim=-1)
-        scores = dots.double() - gallery.h64[candidates]
-        # candidates under the row's floor cannot be in its top k
-        scores[approx[:, :width] < floor[:, None]] = -math.inf
+        dots = (gallery.x32.index_select(0, picked) * queries.float().index_select(0, rows)).sum(dim=-1)
+        scores = torch.full(candidates.shape, -math.inf, dtype=torch.float64, device=candidates.device)
+        scores[rows, cols] = dots.double() - gallery.h64[picked]
         q_norm = queries.double().norm(dim=1)
         bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm
         bound2 = bound2 + 1e-12 * (q_norm * gallery.max_norm + gallery.max_h)
@@ -461,8 +467,8 @@ def refine(
         candidates = candidates.gather(1, order)
     else:
         ordered, bound2 = approx[:, :width], bound
-    # the k-th re-scored candidate bounds the k-th score overall from below
-    certified = (tau < floor) | (ordered[:, k - 1] - bound2 - bound > tau)
+    # the depth-th re-scored candidate bounds the depth-th score overall from below
+    certified = (tau < floor) | (ordered.gather(1, last)[:, 0] - bound2 - bound > tau)
     if complete:
         certified = torch.ones_like(certified)
 
@@ -470,7 +476,9 @@ def refine(
     hits = None
     if relevance is not None:
         hits = relevance[1][candidates] == relevance[0][:, None]
-    ambiguous = _ambiguous(chain, hits) & certified[:, None]
+    # the order inside a chain that starts after the first `depth` positions changes none of them
+    reaches = chain <= chain.gather(1, last)
+    ambiguous = _ambiguous(chain, hits) & reaches & certified[:, None]
     rows, cols = torch.nonzero(ambiguous, as_tuple=True)
     if len(rows):
         stats.float64_order_rows += int(torch.unique(rows).numel())
@@ -558,6 +566,7 @@ def iter_knn(
     gallery_labels: torch.Tensor | None = None,
     symmetric: bool = True,
     workers: int | None = None,
+    depth: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_row, indices)`` per chunk of queries: the exact k nearest gallery items of each row.
 
@@ -571,6 +580,10 @@ def iter_knn(
     against the whole gallery; the results are the same (``symmetric=False`` is the reference the tests
     compare it with).
     ``workers``: threads that share the search (default `cpu_workers`: one per torch thread on the CPU).
+    ``depth`` (queries,): how many leading neighbours of each query must be exact (clamped to 1..k; None: all
+    k). The columns after them are near neighbours in no defined order; a metric that reads only the first R
+    neighbours of a query with R relevant items needs no more (`metrics.compute`), and the re-scoring of
+    the candidates and the float64 settlement of near-ties shrink with it.
     """
     stats = stats if stats is not None else KnnStats()
     gallery = Gallery(gallery_embeddings, device, workers)
@@ -600,6 +613,8 @@ def iter_knn(
         if queries.shape != gallery_embeddings.shape:
             raise ValueError("exclude_self needs the queries to be the gallery")
         shared = symmetric_candidates(gallery, count, candidate_dtype, workers=workers)
+    if depth is not None:
+        depth = depth.to(device=device, dtype=torch.long).clamp(1, k)
     workers = workers if index is None else 1  # faiss searches on its own threads
     chunk = chunk or _default_chunk(None if shared is not None else gallery.size, count, gallery.dim, workers)
 
@@ -621,9 +636,11 @@ def iter_knn(
         if gallery_labels is not None and query_labels is not None:
             relevance = (query_labels[start : start + q.shape[0]].to(device), gallery_labels)
         rescore = index is None and candidate_dtype != torch.float32
+        rows_depth = depth[start : start + q.shape[0]] if depth is not None else None
         indices, certified = refine(
-            q, cand, approx, tau, bound, k, gallery, complete, found, rescore=rescore, relevance=relevance
-        )
+            q, cand, approx, tau, bound, k, gallery, complete, found, rescore=rescore, relevance=relevance,
+            depth=rows_depth,
+        )  # fmt: skip
         failed = torch.nonzero(~certified)[:, 0]
         if len(failed):
             found.fp32_retry_rows += len(failed)
@@ -644,6 +661,7 @@ def iter_knn(
                 found,
                 rescore=False,
                 relevance=sub_rel,
+                depth=rows_depth[failed] if rows_depth is not None else None,
             )
             indices[failed] = sub_idx
             still = torch.nonzero(~sub_ok)[:, 0]

@@ -27,8 +27,10 @@ from utilities.errors import UserError
 class MetricSpec:
     """One metric, or a family of metrics parametrised by K (``name`` contains ``K``: ``recall@K``).
 
-    `neighbours(k, max_relevant)` is the number of nearest neighbours its per-query function reads, given
-    K (None for unparametrised metrics) and the largest number of relevant items of any query.
+    `neighbours(k, r)` is the number of nearest neighbours its per-query function reads, given K (None for
+    unparametrised metrics) and R: the largest number of relevant items of any query (an int: how deep the
+    search goes), or each query's own R (a tensor: the query's function reads no more than that many of its
+    neighbours, so only those need an exact order).
     `function` names the per-query function in `metrics.retrieval`; None for clustering metrics.
     `aliases` are the reference implementation's names (a ``K`` in an alias stands for the same integer).
     """

@@ -155,3 +155,27 @@ def test_several_cpu_workers_find_what_one_finds(name: str, small_blocks) -> Non
     for one, many in zip(found[1], found[4]):
         assert torch.equal(one, many), name
     assert torch.equal(found[4][1], _brute_force(x, 7)), name
+
+
+def _near_ties() -> tuple[np.ndarray, np.ndarray]:
+    """Clusters of points far closer to each other than the bfloat16 error, and exact duplicates."""
+    rng = np.random.default_rng(6)
+    x = np.repeat(rng.standard_normal((24, 24)), 12, axis=0) + 1e-5 * rng.standard_normal((288, 24))
+    x[::7] = x[3]
+    return x, rng.integers(0, 20, size=288)
+
+
+@pytest.mark.parametrize("name", ["quantised", "unit_clusters", "scattered", "random_unit", "near_ties"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_query_s_depth_leading_neighbours_are_exact(name: str, symmetric: bool, small_blocks) -> None:
+    """With a per-query depth, each query's first `depth` neighbours are the brute force's, in its order, for
+    both candidate stages (the columns after them are left unsettled)."""
+    small_blocks(41)
+    x, y = _as_tensors(*(_near_ties() if name == "near_ties" else _hard_sets()[name]))
+    k = 9
+    depth = torch.from_numpy(np.random.default_rng(5).integers(1, k + 1, size=len(x)))
+    reference = _brute_force(x, k)
+    for dtype in (torch.bfloat16, torch.float32):
+        found, _ = _search(x, k, symmetric=symmetric, candidate_dtype=dtype, depth=depth)
+        leading = torch.arange(k)[None, :] < depth[:, None]
+        assert torch.equal(found[leading], reference[leading]), (name, dtype)
