@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
+
+# numpy asks the kernel for transparent huge pages for its large arrays (madvise); reading a 124 MB embeddings
+# file into them cost 0.06-0.95 s of kernel time, against 0.1 s in ordinary pages, on the machine of
+# docs/performance.md. Set before anything imports numpy; an explicit setting in the environment wins.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -333,32 +333,25 @@ def _above(tile: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch
     return rows, columns
 
 
-def symmetric_candidates(
-    gallery: Gallery, count: int, dtype: torch.dtype, block: int | None = None, workers: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch_candidates`` of every gallery item against all the others (itself excluded), each pair once.
+def _tile_order(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Block index pairs (I, J), I <= J: the own tiles first, then rounds of pairs that share no block (those
+    with the same (I + J) mod blocks), so that workers taking consecutive tiles rarely wait for each other."""
+    n = len(blocks)
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n)]
+    return [(a, a) for a in range(n)] + sorted(pairs, key=lambda pair: ((pair[0] + pair[1]) % n, pair[0]))
 
-    The score matrix of a set against itself is symmetric, so it is computed tile by tile over the block
-    pairs (I, J) with I <= J only: every row block first takes the top ``count`` of its own tile, then tile
-    (I, J) offers its entries to the rows of I, and its transpose to the rows of J, each entry only where it
-    beats the row's current ``count``-th best score (``_RunningTop``). Every row ends with the top ``count`` of
-    all its approximate scores, as ``torch_candidates`` finds them: ``tau`` = the worst kept score bounds every
-    score left out, and the per-row bound E is the same. Returns (indices, approximate scores, bound E).
 
-    ``workers`` threads share the tiles (`cpu_workers`). A row's floor only rises, so a tile screened against
-    a floor that another thread has raised since offers a few entries too many, never too few; the lists are
-    merged under a lock. Which of several entries tied at a row's ``count``-th score a list keeps can then
-    depend on timing; the refinement reads only the candidates strictly above ``tau``, the same in any case.
-    """
-    low, _, _, h32 = gallery.low_precision(dtype)
-    low = low[: gallery.size]
-    blocks = _block_bounds(gallery.size, block or _default_block(count))
-    top = _RunningTop(gallery.size, count, torch.float32 if h32 is not None else dtype, gallery.device)
+def _torch_lists(
+    low: torch.Tensor, h32: torch.Tensor | None, blocks: list[tuple[int, int]], count: int, workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, scores) of every row's best ``count`` by torch operations (any device, dtype and norms)."""
+    device = low.device
+    top = _RunningTop(len(low), count, torch.float32 if h32 is not None else low.dtype, device)
     merging = threading.Lock()
 
     def tile(rows: tuple[int, int], cols: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores of the rows of block ``rows``, scores of the rows of block ``cols``, transposed)."""
-        with _NoReducedBf16Reduction(gallery.device):
+        with _NoReducedBf16Reduction(device):
             product = low[rows[0] : rows[1]] @ low[cols[0] : cols[1]].T
         if h32 is None:
             return product, product
@@ -373,8 +366,11 @@ def symmetric_candidates(
         with merging:
             top.take(first, values, columns + first)
 
-    def pair_tile(pair: tuple[tuple[int, int], tuple[int, int]]) -> None:
-        (first, stop), (other_first, other_stop) = pair
+    def pair_tile(pair: tuple[int, int]) -> None:
+        if pair[0] == pair[1]:
+            own_tile(blocks[pair[0]])
+            return
+        (first, stop), (other_first, other_stop) = blocks[pair[0]], blocks[pair[1]]
         by_row, by_column = tile((first, stop), (other_first, other_stop))
         r, c = _above(by_row, top.floor[first:stop].clone())
         c2, r2 = _above(by_column.T, top.floor[other_first:other_stop].clone())
@@ -384,13 +380,88 @@ def symmetric_candidates(
         with merging:
             top.offer(rows, columns, scores)
 
-    _run_all(own_tile, blocks, workers)
-    _run_all(pair_tile, [(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1 :]], workers)
-    approx = top.scores.double()
+    order = _tile_order(blocks)
+    own = len(blocks)
+    _run_all(pair_tile, order[:own], workers)  # every row's list is full before the first pair tile
+    _run_all(pair_tile, order[own:], workers)
+    return top.columns, top.scores
+
+
+def _compiled_lists(
+    low: torch.Tensor, blocks: list[tuple[int, int]], count: int, workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, bfloat16 scores) of every row's best ``count`` by the compiled kernel of `metrics.tiles`
+    (bfloat16 tiles of equal-norm items on the CPU): each tile read once for both of its sides."""
+    from metrics import tiles  # numba: imported only by the searches that use it
+
+    size = len(low)
+    keys = np.full((size, count), tiles.EMPTY, dtype=np.int16)
+    columns = np.zeros((size, count), dtype=np.int64)
+    floor = np.full(size, tiles.EMPTY, dtype=np.int16)
+    locks = [threading.Lock() for _ in blocks]
+    # each worker writes its tiles into one buffer of its own: a fresh 32 MB tile each time cost the kernel's
+    # page faults (1 s of CPU time over the 120 tiles of 60,502 items)
+    buffers = threading.local()
+    largest = max(stop - first for first, stop in blocks)
+
+    def pair_tile(pair: tuple[int, int]) -> None:
+        (first, stop), (other_first, other_stop) = blocks[pair[0]], blocks[pair[1]]
+        if not hasattr(buffers, "tile"):
+            buffers.tile = torch.empty(largest * largest, dtype=low.dtype)
+        product = buffers.tile[: (stop - first) * (other_stop - other_first)].view(stop - first, -1)
+        torch.mm(low[first:stop], low[other_first:other_stop].T, out=product)
+        bits = product.view(torch.int16).numpy()
+        with contextlib.ExitStack() as held:  # the locks of both blocks, in block order (no deadlock)
+            for index in sorted(set(pair)):
+                held.enter_context(locks[index])
+            tiles.offer_tile(bits, first, other_first, keys, columns, floor, pair[0] == pair[1])
+
+    _run_all(pair_tile, _tile_order(blocks), workers)
+    scores = torch.from_numpy(tiles.values_of_keys(keys)).view(torch.bfloat16)
+    return torch.from_numpy(columns), scores
+
+
+def symmetric_candidates(
+    gallery: Gallery,
+    count: int,
+    dtype: torch.dtype,
+    block: int | None = None,
+    workers: int = 1,
+    compiled: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch_candidates`` of every gallery item against all the others (itself excluded), each pair once.
+
+    The score matrix of a set against itself is symmetric, so it is computed tile by tile over the block
+    pairs (I, J) with I <= J only: tile (I, J) offers its entries to the rows of I, and its transpose to the
+    rows of J, each entry only where it beats the row's current ``count``-th best score (its floor). Every
+    row ends with the top ``count`` of all its approximate scores, as ``torch_candidates`` finds them:
+    ``tau`` = the worst kept score bounds every score left out, and the per-row bound E is the same.
+    Returns (indices, approximate scores, bound E).
+
+    ``compiled`` (default: bfloat16 tiles of equal-norm items on the CPU, the only case it handles): the
+    lists are kept by the kernel of `metrics.tiles`, which reads each tile once; otherwise by torch
+    operations (`_RunningTop`, `_above`), on any device. Both keep the same lists.
+
+    ``workers`` threads share the tiles (`cpu_workers`). A row's floor only rises, so a tile screened against
+    a floor that another thread has raised since offers a few entries too many, never too few; the lists are
+    merged under a lock. Which of several entries tied at a row's ``count``-th score a list keeps can then
+    depend on timing; the refinement reads only the candidates strictly above ``tau``, the same in any case.
+    """
+    low, _, _, h32 = gallery.low_precision(dtype)
+    low = low[: gallery.size]
+    blocks = _block_bounds(gallery.size, block or _default_block(count))
+    can_compile = gallery.device.type == "cpu" and dtype == torch.bfloat16 and h32 is None
+    if compiled and not can_compile:
+        raise ValueError("the compiled tile kernel takes bfloat16 tiles of equal-norm items on the CPU")
+    if can_compile if compiled is None else compiled:
+        columns, scores = _compiled_lists(low, blocks, count, workers)
+    else:
+        columns, scores = _torch_lists(low, h32, blocks, count, workers)
+    approx = scores.double()
     if h32 is None:
         approx = approx - gallery.h_mean
     parts = _run_all(lambda part: candidate_bound(part, gallery, dtype), gallery._parts(gallery.x32), workers)
-    return top.columns, approx, torch.cat(parts)
+    return columns, approx, torch.cat(parts)
 
 
 def _chains(ordered: torch.Tensor, bound2: torch.Tensor) -> torch.Tensor:

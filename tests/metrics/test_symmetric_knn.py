@@ -179,3 +179,31 @@ def test_a_query_s_depth_leading_neighbours_are_exact(name: str, symmetric: bool
         found, _ = _search(x, k, symmetric=symmetric, candidate_dtype=dtype, depth=depth)
         leading = torch.arange(k)[None, :] < depth[:, None]
         assert torch.equal(found[leading], reference[leading]), (name, dtype)
+
+
+@pytest.mark.parametrize("name", ["unit_clusters", "random_unit", "near_ties_unit"])
+@pytest.mark.parametrize("block", [37, 300])
+def test_the_compiled_kernel_keeps_the_lists_of_the_torch_operations(name: str, block: int) -> None:
+    """bfloat16 tiles of equal-norm items on the CPU: the compiled kernel of `metrics.tiles` (the default there)
+    and the torch operations used on other devices keep the same scores, the same worst kept score (tau) and
+    the same candidates above it, on one worker and on four."""
+    if name == "near_ties_unit":
+        x, _ = _near_ties()
+        x = torch.nn.functional.normalize(torch.from_numpy(x.astype(np.float32)), dim=1)
+    else:
+        x, _ = _as_tensors(*_hard_sets()[name])
+    gallery = Gallery(x, CPU)
+    assert gallery.uniform_norms
+    count = 20
+    columns, approx, bound = symmetric_candidates(gallery, count, torch.bfloat16, block=block, compiled=False)
+    tau = approx.min(dim=1).values
+    for workers in (1, 4):
+        mine = symmetric_candidates(gallery, count, torch.bfloat16, block=block, workers=workers, compiled=True)
+        assert torch.equal(mine[2], bound)
+        assert torch.equal(mine[1].sort(dim=1).values, approx.sort(dim=1).values), (name, workers)
+        assert torch.equal(mine[1].min(dim=1).values, tau)
+        for row in range(len(x)):
+            above, mine_above = approx[row] > tau[row], mine[1][row] > tau[row]
+            assert set(columns[row][above].tolist()) == set(mine[0][row][mine_above].tolist()), (name, row)
+    with pytest.raises(ValueError, match="equal-norm items on the CPU"):
+        symmetric_candidates(Gallery(x * torch.rand(len(x), 1), CPU), count, torch.bfloat16, compiled=True)
