@@ -387,12 +387,19 @@ def _torch_lists(
     return top.columns, top.scores
 
 
+def _load_kernel() -> None:
+    from metrics import tiles  # numba: imported only by the searches that use it
+
+    tiles.warm_up()
+
+
 def _compiled_lists(
-    low: torch.Tensor, blocks: list[tuple[int, int]], count: int, workers: int
+    low: torch.Tensor, blocks: list[tuple[int, int]], count: int, workers: int, loading: threading.Thread
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(columns, bfloat16 scores) of every row's best ``count`` by the compiled kernel of `metrics.tiles`
-    (bfloat16 tiles of equal-norm items on the CPU): each tile read once for both of its sides."""
-    from metrics import tiles  # numba: imported only by the searches that use it
+    (bfloat16 tiles of equal-norm items on the CPU): each tile read once for both of its sides. ``loading``:
+    the thread that loads the kernel (`_load_kernel`), waited for before the first tile is screened."""
+    from metrics import tiles
 
     size = len(low)
     keys = np.full((size, count), tiles.EMPTY, dtype=np.int16)
@@ -404,17 +411,32 @@ def _compiled_lists(
     buffers = threading.local()
     largest = max(stop - first for first, stop in blocks)
 
-    def pair_tile(pair: tuple[int, int]) -> None:
-        (first, stop), (other_first, other_stop) = blocks[pair[0]], blocks[pair[1]]
+    def screen(rows: tuple[int, int], cols: tuple[int, int], own: bool, held: list[int]) -> None:
+        """Multiply the tile of item ranges ``rows`` x ``cols``, then screen it holding the locks of the
+        blocks ``held`` (in block order: no deadlock)."""
         if not hasattr(buffers, "tile"):
             buffers.tile = torch.empty(largest * largest, dtype=low.dtype)
-        product = buffers.tile[: (stop - first) * (other_stop - other_first)].view(stop - first, -1)
-        torch.mm(low[first:stop], low[other_first:other_stop].T, out=product)
-        bits = product.view(torch.int16).numpy()
-        with contextlib.ExitStack() as held:  # the locks of both blocks, in block order (no deadlock)
-            for index in sorted(set(pair)):
-                held.enter_context(locks[index])
-            tiles.offer_tile(bits, first, other_first, keys, columns, floor, pair[0] == pair[1])
+        product = buffers.tile[: (rows[1] - rows[0]) * (cols[1] - cols[0])].view(rows[1] - rows[0], -1)
+        torch.mm(low[rows[0] : rows[1]], low[cols[0] : cols[1]].T, out=product)
+        loading.join()
+        with contextlib.ExitStack() as stack:
+            for index in held:
+                stack.enter_context(locks[index])
+            tiles.offer_tile(product.view(torch.int16).numpy(), rows[0], cols[0], keys, columns, floor, own)
+
+    def pair_tile(pair: tuple[int, int]) -> None:
+        if pair[0] != pair[1]:
+            screen(blocks[pair[0]], blocks[pair[1]], False, list(pair))
+            return
+        # a block with itself: only the pairs above the diagonal are needed, so the own tiles of its two
+        # halves and the tile between them (3/4 of the products of the whole square)
+        first, stop = blocks[pair[0]]
+        middle = min(stop, first + GROUP * math.ceil((stop - first) / 2 / GROUP))
+        halves = [half for half in ((first, middle), (middle, stop)) if half[1] > half[0]]
+        for half in halves:
+            screen(half, half, True, [pair[0]])
+        if len(halves) == 2:
+            screen(halves[0], halves[1], False, [pair[0]])
 
     _run_all(pair_tile, _tile_order(blocks), workers)
     scores = torch.from_numpy(tiles.values_of_keys(keys)).view(torch.bfloat16)
@@ -447,14 +469,20 @@ def symmetric_candidates(
     merged under a lock. Which of several entries tied at a row's ``count``-th score a list keeps can then
     depend on timing; the refinement reads only the candidates strictly above ``tau``, the same in any case.
     """
+    can_compile = gallery.device.type == "cpu" and dtype == torch.bfloat16 and gallery.uniform_norms
+    if compiled and not can_compile:
+        raise ValueError("the compiled tile kernel takes bfloat16 tiles of equal-norm items on the CPU")
+    compiled = can_compile if compiled is None else compiled
+    # numba's import and the kernel's load from its cache take ~0.6 s: on a thread of their own, while the
+    # low-precision copy is made and the first tiles are multiplied (both release the GIL)
+    loading = threading.Thread(target=_load_kernel, daemon=True) if compiled else None
+    if loading is not None:
+        loading.start()
     low, _, _, h32 = gallery.low_precision(dtype)
     low = low[: gallery.size]
     blocks = _block_bounds(gallery.size, block or _default_block(count))
-    can_compile = gallery.device.type == "cpu" and dtype == torch.bfloat16 and h32 is None
-    if compiled and not can_compile:
-        raise ValueError("the compiled tile kernel takes bfloat16 tiles of equal-norm items on the CPU")
-    if can_compile if compiled is None else compiled:
-        columns, scores = _compiled_lists(low, blocks, count, workers)
+    if loading is not None:
+        columns, scores = _compiled_lists(low, blocks, count, workers, loading)
     else:
         columns, scores = _torch_lists(low, h32, blocks, count, workers)
     approx = scores.double()

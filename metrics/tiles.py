@@ -149,3 +149,9 @@ def offer_tile(
                     key = value ^ ((value >> 15) & np.int16(0x7FFF))
                     if key > floor[item]:
                         _take(keys, columns, floor, item, key, row_first + i)
+
+
+def warm_up() -> None:
+    """Load the kernels from numba's cache (or compile them, once per installation) on a tiny tile."""
+    keys = np.full((8, 2), EMPTY, dtype=np.int16)
+    offer_tile(np.zeros((8, 8), np.int16), 0, 0, keys, np.zeros((8, 2), np.int64), keys[:, 0].copy(), True)
