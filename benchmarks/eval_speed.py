@@ -1,6 +1,7 @@
 """Evaluation speed on a Stanford-Online-Products-sized synthetic set: eval.py against pml.
 
     python benchmarks/eval_speed.py [--output FILE.json] [--items 60502] [--classes 11316] [--skip_pml]
+                                    [--repeat 3] [--skip_full] [--searches] [--query_gallery]
 
 Builds 60,502 x 512 L2-normalised embeddings of 11,316 classes (SOP test split: 2-12 images per class,
 mean ~5.3; deterministic seed), class centres plus noise tuned so recall@1 is ~0.7, then measures in
@@ -13,8 +14,14 @@ subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
   process: symmetric (each pair of the score matrix once, the default) on one worker thread per torch thread
   (the default), symmetric on one worker (torch's own threads), and per-query; checks the same neighbours
 
-and prints a markdown table (values of both implementations side by side) with the machine's load average
-before and after (other jobs on the machine slow every run down: note it with the numbers).
+* with ``--query_gallery``: query -> gallery evaluation at In-Shop's size (14,218 queries, 12,612 gallery items,
+  3,985 classes), ``eval.py`` with its default metrics, in its own process
+
+Each run is repeated ``--repeat`` times, the runs of one round one after the other (eval.py, pml, ...), so
+that a slow spell of the machine falls on all of them; the table shows the median wall time with the fastest
+and slowest run, and the speed-up is the ratio of the medians. It prints a markdown table (values of both
+implementations side by side) with the machine's load average before and after (other jobs on the machine
+slow every run down: note it with the numbers).
 """
 
 from __future__ import annotations
@@ -121,80 +128,90 @@ def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
     return rows
 
 
+def query_gallery_embeddings(seed: int = 1) -> dict[str, np.ndarray]:
+    """In-Shop-sized query -> gallery arrays: 14,218 queries and 12,612 gallery items of 3,985 classes."""
+    x, y = synthetic_embeddings(14218 + 12612, 3985, seed=seed)
+    return {
+        "query_embeddings": x[:14218],
+        "query_labels": y[:14218],
+        "gallery_embeddings": x[14218:],
+        "gallery_labels": y[14218:],
+    }
+
+
+def eval_command(path: str, output: str, metrics: list[str] | None) -> list[str]:
+    command = [sys.executable, "eval.py", "--embeddings", path, "--output", output]
+    return command + (["--evaluation_metrics", *metrics] if metrics else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=60502)
     parser.add_argument("--classes", type=int, default=11316)
     parser.add_argument("--output", default=None, help="write the measurements as JSON")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs; medians are reported")
     parser.add_argument("--skip_pml", action="store_true")
     parser.add_argument("--skip_full", action="store_true")
     parser.add_argument("--searches", action="store_true", help="also time the two searches in this process")
+    parser.add_argument("--query_gallery", action="store_true", help="also time an In-Shop-sized query -> gallery")
     args = parser.parse_args(argv)
 
     x, y = synthetic_embeddings(args.items, args.classes)
     load_before = os.getloadavg()[0]
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sop_like.npz")
         np.savez(path, embeddings=x, labels=y)
-        runs = [
-            (
-                "eval.py (3 metrics)",
-                [
-                    sys.executable,
-                    "eval.py",
-                    "--embeddings",
-                    path,
-                    "--output",
-                    os.path.join(tmp, "three.json"),
-                    "--evaluation_metrics",
-                    *THREE,
-                ],
-            )
-        ]
+        runs = [("eval.py (3 metrics)", eval_command(path, os.path.join(tmp, "three.json"), THREE))]
         if not args.skip_pml:
             runs.append(("pml AccuracyCalculator (3 metrics)", [sys.executable, "-c", PML_SCRIPT, path]))
         if not args.skip_full:
-            runs.append(
-                (
-                    "eval.py (full suite)",
-                    [
-                        sys.executable,
-                        "eval.py",
-                        "--embeddings",
-                        path,
-                        "--output",
-                        os.path.join(tmp, "full.json"),
-                        "--evaluation_metrics",
-                        *FULL_SUITE,
-                    ],
-                )
-            )
-        for name, command in runs:
-            wall, peak_mb, stdout = run_measured(command)
-            if name.startswith("pml"):
-                values = json.loads(stdout.strip().splitlines()[-1])
-            else:
-                out_file = command[command.index("--output") + 1]
-                values = json.loads(Path(out_file).read_text())
-            rows.append({"run": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb), "values": values})
-            print(f"{name}: {wall:.2f} s, {peak_mb:.0f} MB, load {os.getloadavg()[0]:.1f}", flush=True)
+            runs.append(("eval.py (full suite)", eval_command(path, os.path.join(tmp, "full.json"), FULL_SUITE)))
+        if args.query_gallery:
+            in_shop = os.path.join(tmp, "in_shop_like.npz")
+            np.savez(in_shop, **query_gallery_embeddings())
+            runs.append(("eval.py (query -> gallery)", eval_command(in_shop, os.path.join(tmp, "qg.json"), None)))
+        measured: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
+        values: dict[str, dict[str, float]] = {}
+        for round_ in range(args.repeat):
+            for name, command in runs:
+                wall, peak_mb, stdout = run_measured(command)
+                measured[name].append((wall, peak_mb))
+                if name.startswith("pml"):
+                    values[name] = json.loads(stdout.strip().splitlines()[-1])
+                else:
+                    out_file = command[command.index("--output") + 1]
+                    values[name] = json.loads(Path(out_file).read_text())
+                load = os.getloadavg()[0]
+                print(f"round {round_ + 1}: {name}: {wall:.2f} s, {peak_mb:.0f} MB, load {load:.1f}", flush=True)
+    rows = []
+    for name, _ in runs:
+        walls = sorted(wall for wall, _ in measured[name])
+        rows.append(
+            {
+                "run": name,
+                "wall_s": round(float(np.median(walls)), 2),
+                "wall_s_runs": [round(wall, 2) for wall, _ in measured[name]],
+                "peak_rss_mb": round(max(peak for _, peak in measured[name])),
+                "values": values[name],
+            }
+        )
 
     searches = compare_searches(x, y) if args.searches else []
     load = (load_before, os.getloadavg()[0])
     print(
         f"{args.items} items x {x.shape[1]} dims, {args.classes} classes, CPUs: {os.cpu_count()}, "
-        f"1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f}"
+        f"1-minute load average before / after: {load[0]:.1f} / {load[1]:.1f}, {args.repeat} round(s)"
     )
-    print("| run | wall time (s) | peak RSS (MB) | values |")
+    print("| run | wall time (s): median [fastest, slowest] | peak RSS (MB) | values |")
     print("|---|---|---|---|")
     for row in rows:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in row["values"].items())
-        print(f"| {row['run']} | {row['wall_s']:.2f} | {row['peak_rss_mb']} | {shown} |")
+        spread = f"[{min(row['wall_s_runs']):.2f}, {max(row['wall_s_runs']):.2f}]"
+        print(f"| {row['run']} | {row['wall_s']:.2f} {spread} | {row['peak_rss_mb']} | {shown} |")
     for row in searches:
         print(f"| {row['run']} | {row['wall_s']:.2f} | | same neighbours |")
     if len(rows) > 1 and rows[1]["run"].startswith("pml"):
-        print(f"speed-up of eval.py over pml (3 metrics): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
+        print(f"speed-up of eval.py over pml (3 metrics, medians): {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
     if args.output:
         Path(args.output).write_text(
             json.dumps({"load_average": load, "runs": rows, "searches": searches}, indent=1) + "\n"

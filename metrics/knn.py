@@ -48,6 +48,10 @@ GROUP = 8  # the symmetric search screens its score tiles by maxima over groups 
 # entries per tile that the per-query search is faster and smaller (20,000 x 512, k = 1000, one thread:
 # 11 s and 1.1 GB per query against 20 s and 2.7 GB symmetric)
 SYMMETRIC_MAX_COUNT = 128
+# the compiled tile kernel (metrics/tiles.py) is used from this many items on: loading it costs ~0.6 s, which
+# the faster screening wins back from ~20,000 items (5,924 items, CUB's test set: 0.25 s by torch operations
+# against 0.65 s compiled, fresh process; 20,000: 1.6 s against 1.5 s; 60,502: 8.7 s against 6.4 s)
+COMPILED_MIN_ITEMS = 20_000
 
 
 @dataclass
@@ -460,9 +464,9 @@ def symmetric_candidates(
     ``tau`` = the worst kept score bounds every score left out, and the per-row bound E is the same.
     Returns (indices, approximate scores, bound E).
 
-    ``compiled`` (default: bfloat16 tiles of equal-norm items on the CPU, the only case it handles): the
-    lists are kept by the kernel of `metrics.tiles`, which reads each tile once; otherwise by torch
-    operations (`_RunningTop`, `_above`), on any device. Both keep the same lists.
+    ``compiled`` (default: bfloat16 tiles of equal-norm items on the CPU, the only case it handles, from
+    COMPILED_MIN_ITEMS items on): the lists are kept by the kernel of `metrics.tiles`, which reads each tile
+    once; otherwise by torch operations (`_RunningTop`, `_above`), on any device. Both keep the same lists.
 
     ``workers`` threads share the tiles (`cpu_workers`). A row's floor only rises, so a tile screened against
     a floor that another thread has raised since offers a few entries too many, never too few; the lists are
@@ -472,7 +476,8 @@ def symmetric_candidates(
     can_compile = gallery.device.type == "cpu" and dtype == torch.bfloat16 and gallery.uniform_norms
     if compiled and not can_compile:
         raise ValueError("the compiled tile kernel takes bfloat16 tiles of equal-norm items on the CPU")
-    compiled = can_compile if compiled is None else compiled
+    if compiled is None:
+        compiled = can_compile and gallery.size >= COMPILED_MIN_ITEMS
     # numba's import and the kernel's load from its cache take ~0.6 s: on a thread of their own, while the
     # low-precision copy is made and the first tiles are multiplied (both release the GIL)
     loading = threading.Thread(target=_load_kernel, daemon=True) if compiled else None

@@ -75,6 +75,14 @@ def _brute_force(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(np.argsort(dist, axis=1, kind="stable")[:, :k])
 
 
+@pytest.fixture(params=["torch", "compiled"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which of the two ways of keeping the symmetric search's lists the searches use (the compiled kernel only
+    takes bfloat16 tiles of equal-norm items on the CPU; other sets keep the torch operations either way)."""
+    monkeypatch.setattr(metrics.knn, "COMPILED_MIN_ITEMS", 0 if request.param == "compiled" else 10**12)
+    return request.param
+
+
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch):
     """Tiles of a few dozen rows, so that small sets span many block pairs (and a last, shorter block)."""
@@ -87,7 +95,9 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize("name", ["quantised", "unit_clusters", "scattered", "random_unit"])
 @pytest.mark.parametrize("block", [37, 4096])
-def test_symmetric_search_returns_the_per_query_search_neighbours(name: str, block: int, small_blocks) -> None:
+def test_symmetric_search_returns_the_per_query_search_neighbours(
+    name: str, block: int, small_blocks, kernel: str
+) -> None:
     small_blocks(block)
     x, y = _as_tensors(*_hard_sets()[name])
     for k, dtype in ((1, torch.bfloat16), (7, torch.float32), (70, torch.bfloat16)):
@@ -141,7 +151,7 @@ def test_queries_must_be_the_gallery_for_the_symmetric_search() -> None:
 
 
 @pytest.mark.parametrize("name", ["quantised", "unit_clusters", "random_unit"])
-def test_several_cpu_workers_find_what_one_finds(name: str, small_blocks) -> None:
+def test_several_cpu_workers_find_what_one_finds(name: str, small_blocks, kernel: str) -> None:
     """Tiles and chunks shared by threads (floors read while other threads raise them, lists merged under a
     lock) give the neighbours of one worker, bit for bit, and leave torch's thread count as it was."""
     small_blocks(29)
@@ -167,7 +177,7 @@ def _near_ties() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("name", ["quantised", "unit_clusters", "scattered", "random_unit", "near_ties"])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_a_query_s_depth_leading_neighbours_are_exact(name: str, symmetric: bool, small_blocks) -> None:
+def test_a_query_s_depth_leading_neighbours_are_exact(name: str, symmetric: bool, small_blocks, kernel: str) -> None:
     """With a per-query depth, each query's first `depth` neighbours are the brute force's, in its order, for
     both candidate stages (the columns after them are left unsettled)."""
     small_blocks(41)
