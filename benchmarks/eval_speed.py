@@ -10,10 +10,10 @@ subprocesses (whole-process wall time, peak RSS via getrusage(RUSAGE_CHILDREN)):
 * ``python eval.py --embeddings FILE --evaluation_metrics recall@1 r_precision map@r``
 * pytorch-metric-learning's AccuracyCalculator for the same three metrics (k="max_bin_count")
 * ``eval.py`` with the full suite (recall@1/10/100/1000, map@r, map@r_legacy, map@1000, nmi, f1)
-* with ``--searches``: the exact kNN search of the three metrics alone (k = largest class - 1), in this
-  process: symmetric (each pair of the score matrix once, the default) on one worker thread per torch thread
-  (the default), symmetric on one worker (torch's own threads), and per-query; checks the same neighbours
-
+* with ``--searches``: the exact kNN search of the three metrics alone (k = largest class - 1, each query's
+  first R neighbours exact, as ``eval.py`` searches), in this process: symmetric (each pair of the score
+  matrix once, the default) on one worker thread per torch thread (the default), symmetric on one worker
+  (torch's own threads), and per-query; checks the same neighbours
 * with ``--query_gallery``: query -> gallery evaluation at In-Shop's size (14,218 queries, 12,612 gallery items,
   3,985 classes), ``eval.py`` with its default metrics, in its own process
 
@@ -103,11 +103,13 @@ def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
     """Wall time of the self-retrieval search of recall@1, r_precision and map@r, symmetric and per-query."""
     import torch
 
-    from metrics.compute import resolve_backend
+    from metrics.compute import _row_depth, resolve_backend
     from metrics.knn import KnnStats, iter_knn
 
     embeddings, labels = torch.from_numpy(x), torch.from_numpy(y)
     k = int(np.bincount(y).max()) - 1
+    # as compute_metrics searches: each query's first R neighbours settled exactly (its metrics read no more)
+    depth = _row_depth(THREE, torch.bincount(labels)[labels] - 1).clamp(1, k)
     _, dtype = resolve_backend("torch", torch.device("cpu"))
     rows, hits = [], []
     variants = [(True, None, "symmetric"), (True, 1, "symmetric, one worker"), (False, None, "per-query")]
@@ -117,11 +119,10 @@ def compare_searches(x: np.ndarray, y: np.ndarray) -> list[dict[str, object]]:
         found = iter_knn(
             embeddings, embeddings, k, exclude_self=True, backend="torch", device=torch.device("cpu"),
             candidate_dtype=dtype, stats=stats, query_labels=labels, gallery_labels=labels, symmetric=symmetric,
-            workers=workers,
+            workers=workers, depth=depth,
         )  # fmt: skip
-        hits.append(
-            torch.cat([labels[indices] == labels[first : first + len(indices), None] for first, indices in found])
-        )
+        found_hits = [labels[indices] == labels[first : first + len(indices), None] for first, indices in found]
+        hits.append(torch.cat(found_hits)[torch.arange(k)[None, :] < depth[:, None]])
         rows.append({"run": f"search only, {name}", "wall_s": round(time.perf_counter() - start, 2), **vars(stats)})
     if not all(torch.equal(hits[0], other) for other in hits[1:]):
         raise RuntimeError("the searches found different neighbours")

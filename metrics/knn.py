@@ -557,13 +557,20 @@ def refine(
     candidates = candidates[:, :width]
     if rescore:
         # only the candidates at or above the row's floor can be among its first `depth`: the first `needed`
-        # of its sorted candidates; the others score -inf
-        rows, cols = torch.nonzero(torch.arange(width, device=needed.device) < needed[:, None], as_tuple=True)
-        picked = candidates[rows, cols]
-        # products then a sum (any order keeps the float32 bound E2); twice as fast as bmm's small batches
-        dots = (gallery.x32.index_select(0, picked) * queries.float().index_select(0, rows)).sum(dim=-1)
-        scores = torch.full(candidates.shape, -math.inf, dtype=torch.float64, device=candidates.device)
-        scores[rows, cols] = dots.double() - gallery.h64[picked]
+        # of its sorted candidates; the others score -inf. Products then a sum (any order keeps the float32
+        # bound E2; twice as fast as bmm's small batches), of those pairs alone when they are few (shallow
+        # depths), else of the whole (rows, width) block, which needs no copy of the queries
+        live = torch.arange(width, device=needed.device) < needed[:, None]
+        if 2 * int(needed.sum()) < live.numel():
+            rows, cols = torch.nonzero(live, as_tuple=True)
+            picked = candidates[rows, cols]
+            dots = (gallery.x32.index_select(0, picked) * queries.float().index_select(0, rows)).sum(dim=-1)
+            scores = torch.full(candidates.shape, -math.inf, dtype=torch.float64, device=candidates.device)
+            scores[rows, cols] = dots.double() - gallery.h64[picked]
+        else:
+            vectors = gallery.x32.index_select(0, candidates.reshape(-1)).view(*candidates.shape, gallery.dim)
+            scores = (vectors * queries[:, None, :].float()).sum(dim=-1).double() - gallery.h64[candidates]
+            scores[~live] = -math.inf
         q_norm = queries.double().norm(dim=1)
         bound2 = SAFETY * gallery.gamma * q_norm * gallery.max_norm
         bound2 = bound2 + 1e-12 * (q_norm * gallery.max_norm + gallery.max_h)

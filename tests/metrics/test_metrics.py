@@ -333,3 +333,21 @@ def test_query_that_is_also_in_the_gallery_never_retrieves_itself() -> None:
         assert again == own, backend
     with pytest.raises(UserError, match="different labels"):
         compute_query_gallery_metrics(queries, query_labels, gallery, gallery_labels, names, same_item=[2, 3])
+
+
+def test_every_retrieval_metric_reads_no_more_than_its_neighbours_of_each_query() -> None:
+    """The search settles only the first `neighbours(K, R)` neighbours of a query with R relevant items (the
+    query's depth); every registered metric's value must not depend on the columns after them."""
+    from metrics.compute import _per_query, _row_depth
+    from metrics.names import METRICS
+
+    rng = np.random.default_rng(4)
+    relevant = torch.from_numpy(rng.integers(1, 9, size=400))
+    hits = torch.from_numpy(rng.random((400, 16)) < 0.4)
+    for spec in METRICS:
+        if spec.clustering:
+            continue
+        name = spec.canonical(3 if spec.parametrised else None)
+        depth = _row_depth([name], relevant)
+        scrambled = torch.where(torch.arange(16)[None, :] < depth[:, None], hits, ~hits)
+        assert torch.equal(_per_query(name, hits, relevant), _per_query(name, scrambled, relevant)), name
