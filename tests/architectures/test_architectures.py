@@ -42,6 +42,9 @@ def test_pooling_and_embedding_normalisations():
     assert torch.equal(pool_feature_map(features, "avg"), features.mean(dim=(2, 3)))
     assert torch.equal(pool_feature_map(features, "max"), features.amax(dim=(2, 3)))
     assert torch.equal(pool_feature_map(features, "avgmax"), features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)))
+    # seeded: LayerNorm's output norm is sqrt(24 var / (var + eps)), within 1e-3 of sqrt(24) only when the
+    # embedding's variance is well above eps, which unseeded random weights and images did not always give
+    torch.manual_seed(0)
     images = torch.randn(3, 3, 32, 32)
     layer = build_model(model_config(embed_norm="layernorm")).eval()(images)
     torch.testing.assert_close(layer.mean(dim=1), torch.zeros(3), atol=1e-5, rtol=0)
