@@ -329,5 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_without_teardown(code: int) -> None:
+    """End the process with `code` at once, everything written: with torch loaded, the interpreter's teardown
+    and the libraries' destructors took ~0.5 s (against 0.06 s), 5% of a 10 s evaluation of stored
+    embeddings. Not while child processes run (data-loader workers), which the normal exit shuts down."""
+    import logging
+    import multiprocessing
+
+    if multiprocessing.active_children():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
