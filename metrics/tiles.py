@@ -57,6 +57,19 @@ def _take(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, k
 
 
 @njit(nogil=True, cache=True)
+def _group_maxima(row: np.ndarray, group_max: np.ndarray) -> None:
+    """``group_max[p]``: the largest key of the row's entries p, p + stride, ..., p + 7 stride (stride =
+    ``len(group_max)``), one vectorised pass per group member."""
+    stride = group_max.shape[0]
+    group_max[:] = EMPTY
+    for g in range(GROUP):
+        part = row[g * stride : g * stride + stride]
+        for p in range(stride):
+            value = part[p]
+            group_max[p] = max(group_max[p], value ^ ((value >> 15) & np.int16(0x7FFF)))
+
+
+@njit(nogil=True, cache=True)
 def _seed_floors(tile: np.ndarray, row_first: int, floor: np.ndarray, count: int) -> None:
     """Raise the floors of the rows of a block's own tile (``tile``: block x block, item i on the diagonal) to
     just below their ``count``-th largest maximum over strided column groups, the diagonal left out: those
@@ -67,12 +80,7 @@ def _seed_floors(tile: np.ndarray, row_first: int, floor: np.ndarray, count: int
     group_max = np.empty(stride, np.int16)
     for i in range(rows):
         row = tile[i]
-        group_max[:] = EMPTY
-        for g in range(GROUP):
-            part = row[g * stride : g * stride + stride]
-            for p in range(stride):
-                value = part[p]
-                group_max[p] = max(group_max[p], value ^ ((value >> 15) & np.int16(0x7FFF)))
+        _group_maxima(row, group_max)
         if i < GROUP * stride:  # the diagonal entry (the item itself) is in group i % stride
             p = i % stride
             group_max[p] = EMPTY
@@ -115,12 +123,7 @@ def offer_tile(
             for j in range(width):
                 value = row[j]
                 column_max[j] = max(column_max[j], value ^ ((value >> 15) & np.int16(0x7FFF)))
-            group_max[:] = EMPTY
-            for g in range(GROUP):
-                part = row[g * stride : g * stride + stride]
-                for p in range(stride):
-                    value = part[p]
-                    group_max[p] = max(group_max[p], value ^ ((value >> 15) & np.int16(0x7FFF)))
+            _group_maxima(row, group_max)
             item = row_first + i
             for p in range(stride):
                 if group_max[p] > floor[item]:
