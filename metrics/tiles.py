@@ -57,6 +57,14 @@ def _take(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, k
 
 
 @njit(nogil=True, cache=True)
+def _offer(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, value: np.int16, column: int) -> None:
+    """Take the entry of bfloat16 bits ``value`` in ``column`` into ``item``'s list if it beats its floor."""
+    key = value ^ ((value >> 15) & np.int16(0x7FFF))
+    if key > floor[item]:
+        _take(keys, columns, floor, item, key, column)
+
+
+@njit(nogil=True, cache=True)
 def _group_maxima(row: np.ndarray, group_max: np.ndarray) -> None:
     """``group_max[p]``: the largest key of the row's entries p, p + stride, ..., p + 7 stride (stride =
     ``len(group_max)``), one vectorised pass per group member."""
@@ -129,29 +137,17 @@ def offer_tile(
                 if group_max[p] > floor[item]:
                     for g in range(GROUP):
                         j = g * stride + p
-                        if own and j <= i:
-                            continue
-                        value = row[j]
-                        key = value ^ ((value >> 15) & np.int16(0x7FFF))
-                        if key > floor[item]:
-                            _take(keys, columns, floor, item, key, column_first + j)
+                        if not (own and j <= i):
+                            _offer(keys, columns, floor, item, row[j], column_first + j)
             for j in range(grouped, width):
-                if own and j <= i:
-                    continue
-                value = row[j]
-                key = value ^ ((value >> 15) & np.int16(0x7FFF))
-                if key > floor[item]:
-                    _take(keys, columns, floor, item, key, column_first + j)
+                if not (own and j <= i):
+                    _offer(keys, columns, floor, item, row[j], column_first + j)
         for j in range(width):
             item = column_first + j
             if column_max[j] > floor[item]:
                 for i in range(first, last):
-                    if own and j <= i:
-                        continue
-                    value = tile[i, j]
-                    key = value ^ ((value >> 15) & np.int16(0x7FFF))
-                    if key > floor[item]:
-                        _take(keys, columns, floor, item, key, row_first + i)
+                    if not (own and j <= i):
+                        _offer(keys, columns, floor, item, tile[i, j], row_first + i)
 
 
 def warm_up() -> None:
