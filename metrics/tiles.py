@@ -1,7 +1,8 @@
 """Compiled screening of bfloat16 score tiles for the symmetric CPU search (`metrics.knn.symmetric_candidates`).
 
 Every item keeps a running list of its best ``count`` scores as a min-heap of int16 keys (the worst kept
-score at the root, which is the item's floor) with the matching columns. A tile of scores between the
+score at the root) with the matching columns, and a floor: the root, or, until the list is full above it, a
+seed from the item's own tile (no entry below it can be among the item's best). A tile of scores between the
 items of a row block and those of a column block is read once: each entry is offered to its row's list and
 to its column's list, and taken where it beats that list's floor. Most entries beat neither; they are found
 with vectorised maxima: over strided groups of 8 columns within a row for the row side, over 8 consecutive
@@ -33,6 +34,12 @@ def values_of_keys(keys: np.ndarray) -> np.ndarray:
     return keys_of_values(keys)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _key(value: np.int16) -> np.int16:
+    """The int16 key of bfloat16 bits (as in `keys_of_values`), inside the kernels."""
+    return value ^ ((value >> 15) & np.int16(0x7FFF))
+
+
 @njit(nogil=True, cache=True)
 def _take(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, key: np.int16, column: int) -> None:
     """Replace the worst entry of `item`'s list (the heap's root) by (key, column), restore the heap."""
@@ -59,7 +66,7 @@ def _take(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, k
 @njit(nogil=True, cache=True)
 def _offer(keys: np.ndarray, columns: np.ndarray, floor: np.ndarray, item: int, value: np.int16, column: int) -> None:
     """Take the entry of bfloat16 bits ``value`` in ``column`` into ``item``'s list if it beats its floor."""
-    key = value ^ ((value >> 15) & np.int16(0x7FFF))
+    key = _key(value)
     if key > floor[item]:
         _take(keys, columns, floor, item, key, column)
 
@@ -74,7 +81,7 @@ def _group_maxima(row: np.ndarray, group_max: np.ndarray) -> None:
         part = row[g * stride : g * stride + stride]
         for p in range(stride):
             value = part[p]
-            group_max[p] = max(group_max[p], value ^ ((value >> 15) & np.int16(0x7FFF)))
+            group_max[p] = max(group_max[p], _key(value))
 
 
 @njit(nogil=True, cache=True)
@@ -96,7 +103,7 @@ def _seed_floors(tile: np.ndarray, row_first: int, floor: np.ndarray, count: int
                 j = g * stride + p
                 if j != i:
                     value = row[j]
-                    group_max[p] = max(group_max[p], value ^ ((value >> 15) & np.int16(0x7FFF)))
+                    group_max[p] = max(group_max[p], _key(value))
         seed = np.partition(group_max, stride - count)[stride - count]
         if seed > EMPTY:
             floor[row_first + i] = max(floor[row_first + i], seed - 1)
@@ -130,7 +137,7 @@ def offer_tile(
             row = tile[i]
             for j in range(width):
                 value = row[j]
-                column_max[j] = max(column_max[j], value ^ ((value >> 15) & np.int16(0x7FFF)))
+                column_max[j] = max(column_max[j], _key(value))
             _group_maxima(row, group_max)
             item = row_first + i
             for p in range(stride):
