@@ -191,20 +191,24 @@ def test_a_query_s_depth_leading_neighbours_are_exact(name: str, symmetric: bool
         assert torch.equal(found[leading], reference[leading]), (name, dtype)
 
 
-@pytest.mark.parametrize("name", ["unit_clusters", "random_unit", "near_ties_unit"])
+@pytest.mark.parametrize("name", ["unit_clusters", "random_unit", "near_ties_unit", "negative_scores"])
 @pytest.mark.parametrize("block", [37, 300])
 def test_the_compiled_kernel_keeps_the_lists_of_the_torch_operations(name: str, block: int) -> None:
     """bfloat16 tiles of equal-norm items on the CPU: the compiled kernel of `metrics.tiles` (the default there)
     and the torch operations used on other devices keep the same scores, the same worst kept score (tau) and
-    the same candidates above it, on one worker and on four."""
+    the same candidates above it, on one worker and on four. ``negative_scores``: lists of most of a small set,
+    so that they keep negative scores (whose int16 keys order as the values only with the sign flip)."""
+    count = 20
     if name == "near_ties_unit":
         x, _ = _near_ties()
         x = torch.nn.functional.normalize(torch.from_numpy(x.astype(np.float32)), dim=1)
+    elif name == "negative_scores":
+        x = torch.nn.functional.normalize(torch.from_numpy(np.random.default_rng(8).standard_normal((90, 8))), dim=1)
+        x, count = x.float(), 70
     else:
         x, _ = _as_tensors(*_hard_sets()[name])
     gallery = Gallery(x, CPU)
     assert gallery.uniform_norms
-    count = 20
     columns, approx, bound = symmetric_candidates(gallery, count, torch.bfloat16, block=block, compiled=False)
     tau = approx.min(dim=1).values
     for workers in (1, 4):
